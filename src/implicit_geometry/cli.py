@@ -1,0 +1,136 @@
+"""The ``igeom`` command line. Errors in what the user typed end in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from implicit_geometry._validation import InvalidParameterError
+
+
+class ExperimentGroup(click.Group):
+    """``igeom run NAME``: commands come from the experiment registry and are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from implicit_geometry.experiments import EXPERIMENTS
+
+        return sorted(EXPERIMENTS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from implicit_geometry.experiments import EXPERIMENTS
+
+        if name not in EXPERIMENTS:
+            return None
+        return importlib.import_module(EXPERIMENTS[name]).command
+
+
+# Top-level command groups contributed by the faces of the toolkit, imported on first use:
+# name -> "module:attribute" of a click command or group.
+COMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="implicit-geometry")
+def main() -> None:
+    """implicit-geometry: predict, simulate and measure the geometry that training gives to representations."""
+
+
+@main.group(cls=ExperimentGroup)
+def run() -> None:
+    """Run an experiment (writes a run folder with config, history, summary, final factors and figures)."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(), default=None, help="Run folder (default runs/demo-<time>).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def demo(out: str | None, quiet: bool) -> None:
+    """The default SELI experiment: 3 majority classes of 20 and 7 minorities of 2, d = 20 (about 10 s)."""
+    from pathlib import Path
+
+    from implicit_geometry.experiments.base import default_out
+    from implicit_geometry.experiments.seli import SeliConfig, run_seli
+
+    folder = Path(out) if out else default_out("demo")
+    config = SeliConfig(steps=30000, seeds=4, device="cpu")
+    click.echo(f"SELI demo: counts 3x20 + 7x2 (k = 10), d = 20, {config.seeds} seeds, {config.steps} steps of normalized GD", err=True)
+    summary = run_seli(config, folder, progress=not quiet)
+    click.echo(f"figures: {folder / 'figures'}  (distances.png, grams.png, loss.png); summary: {folder / 'summary.json'}")
+    for line in summary["verdict"]:
+        click.echo(line)
+
+
+@main.group()
+def predict() -> None:
+    """Closed-form predictions from data statistics (no training)."""
+
+
+@predict.command("seli")
+@click.option("--counts", required=True, help="Comma-separated class counts, e.g. 20,20,2,2.")
+@click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
+def predict_seli(counts: str, as_json: bool) -> None:
+    """The SELI geometry for the given class counts: Grams, norms and angles."""
+    import numpy as np
+
+    from implicit_geometry.geometry.targets import seli_geometry
+    from implicit_geometry.io import dumps_json
+
+    g = seli_geometry(counts)
+    out = {
+        "counts": g.counts,
+        "W_gram": g.W_gram,
+        "mean_gram": g.mean_gram,
+        "class_logits": g.class_logits,
+        "classifier_norms": g.classifier_norms,
+        "feature_norms": g.feature_norms,
+        "classifier_cosines": g.classifier_cosines,
+        "feature_cosines": g.feature_cosines,
+    }
+    if as_json:
+        click.echo(dumps_json(out))
+        return
+    np.set_printoptions(precision=4, suppress=True, linewidth=140)
+    for key in ("classifier_norms", "feature_norms", "classifier_cosines", "feature_cosines"):
+        click.echo(f"{key}:\n{np.asarray(out[key])}")
+
+
+def cli(argv: list[str] | None = None) -> Any:
+    """Entry point: click in non-standalone mode so every user error becomes one line and exit status 2."""
+    from implicit_geometry.experiments.base import Interrupted
+
+    try:
+        return main.main(args=argv, prog_name="igeom", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("igeom: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        where = f" (igeom {exc.ctx.command_path.split(' ', 1)[1]})" if exc.ctx and " " in exc.ctx.command_path else ""
+        click.echo(f"igeom: error: {exc.format_message()}{where}; see --help", err=True)
+        sys.exit(2)
+    except InvalidParameterError as exc:
+        click.echo(f"igeom: error: {exc}", err=True)
+        sys.exit(2)
+    except Interrupted as exc:
+        click.echo(f"igeom: {exc}", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

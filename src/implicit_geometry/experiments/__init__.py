@@ -1,0 +1,9 @@
+"""Experiments: prediction next to simulation or measurement, each writing a self-describing run folder.
+
+``EXPERIMENTS`` maps a name to the module that defines its CLI command (``command``); modules are imported only
+when their command is used.
+"""
+
+EXPERIMENTS: dict[str, str] = {
+    "seli": "implicit_geometry.experiments.seli_cli",
+}

@@ -1,0 +1,96 @@
+"""What every experiment shares: run folders, interruption handling, checkpoints, devices, progress bars.
+
+A run folder holds ``config.json`` (everything needed to rerun or resume), ``checkpoint.pt`` (while a run is
+unfinished), ``history.csv``, ``summary.json``, ``final.npz`` and ``figures/``. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from implicit_geometry._validation import InvalidParameterError, check_choice
+
+
+class Interrupted(Exception):
+    """A run stopped on SIGINT/SIGTERM after saving a checkpoint; ``folder`` can be resumed."""
+
+    def __init__(self, folder: Path, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved, resume with --resume {folder}")
+        self.folder = folder
+        self.step = step
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM while installed; the training loop polls it between whole updates."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        flag.requested = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def resolve_device(device: str) -> torch.device:
+    device = check_choice("device", device, ["auto", "cpu", "cuda"])
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError("device must be auto or cpu on this machine (got 'cuda': no CUDA device is available)")
+    return torch.device(device)
+
+
+def default_out(experiment: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path("runs") / f"{experiment}-{stamp}"
+
+
+def prepare_out(out: Path | None, experiment: str) -> Path:
+    out = Path(out) if out is not None else default_out(experiment)
+    if out.exists() and (out / "config.json").exists():
+        raise InvalidParameterError(
+            f"--out must be a new or empty folder (got {str(out)!r}, which holds a run: use --resume to continue it)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_resume_folder(folder: Path) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidParameterError(f"--resume must name an existing run folder (got {str(folder)!r}: no such folder)")
+    if not (folder / "config.json").exists():
+        raise InvalidParameterError(f"--resume must name a run folder with config.json (got {str(folder)!r})")
+    return folder
+
+
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr, smoothing=0.05, mininterval=0.5, unit="step")

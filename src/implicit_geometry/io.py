@@ -1,0 +1,108 @@
+"""Atomic file output: every file is written to a temporary sibling and renamed into place, so a reader (or a
+run killed mid-write) never sees a half-written file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (a results file never holds NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return to_jsonable(obj.item())
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (dumps_json(obj) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    rows = list(rows)
+    buf = io.StringIO()
+    if rows:
+        fields = list(rows[0].keys())
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in to_jsonable(row).items()})
+    _atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_npz(path: Path, **arrays: Any) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def write_torch(path: Path, obj: Any) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def read_torch(path: Path) -> Any:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_figure(path: Path, fig: Any, **kwargs: Any) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    _atomic_write_bytes(path, buf.getvalue())

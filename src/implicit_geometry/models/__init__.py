@@ -1,0 +1,5 @@
+"""Log-bilinear softmax models: the (deep) unconstrained features model, batched over independent runs."""
+
+from implicit_geometry.models.ufm import DeepUFM
+
+__all__ = ["DeepUFM"]

@@ -42,8 +42,8 @@ class SeliConfig:
     depth: int = 1
     steps: int = 20000
     optimizer: str = "ngd"
-    lr: float = 1.0
-    norm_ref: float = 100.0
+    lr: float = 0.02
+    norm_ref: float = 40.0
     weight_decay: float = 0.0
     init_std: float = 0.1
     seeds: int = 1

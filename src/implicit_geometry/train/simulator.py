@@ -8,10 +8,14 @@ Optimizers (``OptimizerConfig.name``):
 - ``"ngd"`` (default): normalized gradient descent, scale-free. The step direction is the gradient computed from
   ``G_scaled`` (the loss gradient divided by its largest entry, exact in the log domain, see
   :mod:`implicit_geometry.train.losses`), so it never underflows; its length is
-  ``lr * min(1, (norm_ref / ||theta||)^L)`` where ``||theta||`` is the run's total parameter norm and L the
-  depth. The cap keeps the relative step below the inverse sharpness of the (increasingly sharp) soft-max
-  margin landscape, which grows like ``||theta||^(L+1)``: with a fixed step the iterates oscillate around the
-  max-margin direction instead of converging to it. ``norm_ref = inf`` gives plain normalized GD.
+  ``lr * ||theta|| * min(1, (norm_ref / ||theta||)^(L+1))`` where ``||theta||`` is the run's total parameter norm
+  and L the depth. So the *relative* step is ``lr`` while ``||theta|| < norm_ref`` (scale-free early phase), then
+  decays like ``||theta||^-(L+1)``, the inverse of the growing sharpness of the soft-max margin landscape (the
+  logits scale like ``||theta||^(L+1)``). With a fixed relative step the iterates oscillate chaotically around the
+  max-margin direction instead of converging to it; with this schedule the tail constant ``lr * norm_ref^(L+1)``
+  sets speed against stability. The defaults (lr 0.02, norm_ref 40: tail constant 32) are stable on the SELI
+  benchmark (a batched run and a separate run agree to round-off) and reach 1e-3 in about 10^4 steps;
+  ``norm_ref = inf`` gives plain normalized GD with relative step ``lr``.
 
 Each run in the batch has its own step length. Every quantity is deterministic given the factors, so a run
 that is stopped and resumed from a checkpoint retraces the uninterrupted run bit for bit.
@@ -37,8 +41,8 @@ OPTIMIZERS = ("ngd", "gd")
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "ngd"
-    lr: float = 1.0
-    norm_ref: float = 100.0
+    lr: float = 0.02
+    norm_ref: float = 40.0
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -91,10 +95,10 @@ class Simulator:
             self.step += 1
             return
         gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads))
-        length = torch.full_like(gnorm, opt.lr)
+        tnorm = torch.sqrt(model.squared_norm())
+        length = opt.lr * tnorm
         if math.isfinite(opt.norm_ref):
-            tnorm = torch.sqrt(model.squared_norm())
-            length = length * torch.clamp((opt.norm_ref / tnorm) ** model.depth, max=1.0)
+            length = length * torch.clamp((opt.norm_ref / tnorm) ** (model.depth + 1), max=1.0)
         scale = (length / gnorm.clamp_min(1e-300))[:, None, None]  # a zero gradient gives a zero update
         for F, g in zip(model.factors, grads):
             F.addcmul_(g, scale, value=-1.0)

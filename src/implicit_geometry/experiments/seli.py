@@ -140,6 +140,8 @@ class SeliRun:
         return out
 
     def _record(self, sim: Simulator) -> None:
+        if self.history and self.history[-1]["step"] == sim.step:
+            return  # recorded before a checkpoint; a resumed loop starts on the same step
         m = self.measure()
         for i, seed in enumerate(self.seed_list):
             row = {"step": sim.step, "seed": seed}

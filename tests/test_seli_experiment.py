@@ -62,6 +62,7 @@ def test_cli_json_summary(tmp_path, capsys):
         (["--weight-decay", "0.1"], "weight_decay > 0 needs optimizer gd"),
         (["--steps", "x"], "Invalid value for '--steps'"),
         (["--lr", "-1"], "lr must be a number > 0"),
+        (["--optimizer", "gd", "--lr", "20", "--steps", "200", "--counts", "5,3,1", "--quiet"], "training diverged"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):

@@ -143,6 +143,11 @@ class SeliRun:
         if self.history and self.history[-1]["step"] == sim.step:
             return  # recorded before a checkpoint; a resumed loop starts on the same step
         m = self.measure()
+        bad = [seed for i, seed in enumerate(self.seed_list) if not all(np.isfinite(v[i]) for v in m.values())]
+        if bad:
+            raise InvalidParameterError(
+                f"lr must be smaller for this problem: training diverged (non-finite factors) by step {sim.step} for seed(s) {bad}"
+            )
         for i, seed in enumerate(self.seed_list):
             row = {"step": sim.step, "seed": seed}
             row.update({k: float(v[i]) for k, v in m.items()})

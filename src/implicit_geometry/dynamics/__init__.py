@@ -1,0 +1,1 @@
+"""Exactly solvable cross-entropy dynamics: Hadamard initialization and the reduced singular-value ODE."""

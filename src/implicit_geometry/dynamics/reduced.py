@@ -142,15 +142,16 @@ def solve_reduced(
     live = a0 > 0  # zero entries sit on an invariant face: keep them out of the state, exactly 0
     y0 = np.log(np.where(live, a0, 1.0))
     mask = live.astype(np.float64)
+    chi_k, neg2 = chi / k, 2.0 * neg
 
     def rhs(tau: float, y: np.ndarray) -> np.ndarray:
         y = y.reshape(B, k)
         a = np.exp(y) * mask
-        z = a @ chi / k
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
+        z = a @ chi_k
+        # z_0 = sum(a)/K is the largest logit (a >= 0), a cheaper shift than a row-wise max.
+        p = np.exp(z - z[:, :1])
         p /= p.sum(axis=1, keepdims=True)
-        g = 2.0 * (p @ neg)
+        g = p @ neg2
         if expo:
             g *= a ** expo
         return (np.expm1(tau) + 1.0) * kappa * (g * mask).ravel()

@@ -278,3 +278,30 @@ def predicted_runaway_times(
             p = 2 * L / (L + 1)
             t = (a0 ** (1 - p) - level ** (1 - p)) / ((p - 1) * (L + 1) * kappa)
     return np.where(a0 > 0, np.maximum(t, 0.0), np.inf)
+
+
+def endpoint_classification(
+    a: np.ndarray, *, depth: int, a0: np.ndarray | None = None, samples_per_class: int = 1, reduction: str = "sum"
+) -> dict[str, np.ndarray]:
+    """Where each trajectory is heading, judged at its last point a (B, K).
+
+    - ``on_face``: some informative mode is exactly 0 (in a0 if given, else in a). Faces are invariant, so such a
+      run converges at best to a spurious critical point, never to neural collapse.
+    - ``nc``: not on a face and the smallest informative mode grows at least as fast (relatively,
+      ``d log a_i/dt``) as the largest: the spectrum is evening out, towards neural collapse (full rank K-1).
+      Otherwise the small modes are being left behind: a lower-rank end point.
+    - ``spread``: ``min a_hat / max a_hat`` (1 at neural collapse); ``effective_rank`` of the logits.
+    """
+    a = check_spectrum(a, name="a")
+    zero = (a0 if a0 is not None else a)
+    on_face = np.any(np.atleast_2d(zero)[:, 1:] == 0, axis=1)
+    inf = a[:, 1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        growth = np.where(inf > 0, reduced_rate(a, depth=depth, samples_per_class=samples_per_class, reduction=reduction)[:, 1:] / inf, 0.0)
+    rows = np.arange(len(a))
+    live = np.where(inf > 0, inf, np.inf)
+    lo = live.argmin(1)
+    hi = inf.argmax(1)
+    catching_up = growth[rows, lo] >= growth[rows, hi] * (1 - 1e-9)
+    spread = np.divide(inf.min(1), inf.max(1), out=np.zeros(len(a)), where=inf.max(1) > 0)
+    return {"on_face": on_face, "nc": catching_up & ~on_face, "spread": spread, "effective_rank": effective_rank_of_spectrum(a)}

@@ -236,7 +236,8 @@ class HadamardRun:
             "reduction": c.reduction,
             "samples_per_class": c.samples_per_class,
             "horizon": c.horizon,
-            "initial_conditions_per_setting": c.ics * c.seeds if c.init is None else None,
+            "initial_conditions_per_setting": c.ics * c.seeds,
+            "explicit_init": c.init,
             "seeds": self.seed_list,
             "seconds": round(self.seconds, 4),
             "ode": "da_i/dt = kappa (L+1) (1 - b_i) a_i^(2L/(L+1)), b = chi softmax(chi a / K), "
@@ -267,7 +268,7 @@ class HadamardRun:
                     "lyapunov_start_mean": float(V[0, finite].mean()) if finite.any() else None,
                     "lyapunov_end_mean": float(V[-1, finite].mean()) if finite.any() else None,
                     "lyapunov_max_increase": float(dV.max()) if dV.size else None,
-                    "lyapunov_monotone": bool(dV.size == 0 or dV.max() <= 1e-9),
+                    "lyapunov_monotone": bool(dV.max() <= 1e-9) if dV.size else None,
                     "logit_norm_end_mean": float(norm[-1].mean()),
                     "effective_rank_end_mean": float(erank[-1].mean()),
                     "fraction_nc": float(cls["nc"][~cls["on_face"]].mean()) if (~cls["on_face"]).any() else None,
@@ -435,10 +436,16 @@ def verdict(summary: dict[str, Any], c: HadamardConfig) -> list[str]:
         lines.append(f"repulsion L = {L}: larger modes run away first in {s['order_agreement']:.0%} of pairs, "
                      f"{s['modes_run_away_mean']:.1f} modes reach a = {c.runaway_level:g}, first at t ~ "
                      f"{s['first_time_median'] if s['first_time_median'] is None else round(s['first_time_median'], 3)}")
-    for f in summary.get("faces", []):
-        lines.append(f"{f['on_face']} of {f['of']} initial conditions ({f['analysis']}, K = {f['classes']}, L = {f['depth']}) start "
-                     f"on a face a_i = 0 and {'stay on it' if f['stayed_on_face'] else 'LEFT it (unexpected)'}: they end at a "
-                     "spurious critical point (rank-deficient), not at neural collapse, and are not counted as NC")
+    faces = summary.get("faces", [])
+    if faces:
+        total = sum(f["on_face"] for f in faces)
+        where = sorted({f["analysis"] for f in faces})
+        stayed = all(f["stayed_on_face"] for f in faces)
+        lines.append(
+            f"{total} initial conditions ({', '.join(where)}) start on a face a_i = 0 and "
+            + ("all stay on it exactly (a_i = 0 at the horizon)" if stayed else "SOME LEFT IT (unexpected: report a bug)")
+            + ": they end at spurious critical points (rank-deficient), NOT at neural collapse, and are excluded from the NC fractions"
+        )
     return lines
 
 

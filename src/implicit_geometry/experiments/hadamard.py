@@ -111,10 +111,9 @@ class HadamardConfig:
                     self.init = [float(v) for v in self.init.split(",") if v.strip()]
                 except ValueError:
                     raise InvalidParameterError(f"init must be comma-separated numbers >= 0 (got {self.init!r})") from None
-            arr = check_spectrum(self.init, name="init")
-            if arr.shape[1] != self.classes:
-                raise InvalidParameterError(f"init must have classes = {self.classes} values (got {arr.shape[1]})")
-            self.init = arr[0].tolist()
+            if np.asarray(self.init).size != self.classes:
+                raise InvalidParameterError(f"init must have classes = {self.classes} values (got {np.asarray(self.init).size})")
+            self.init = check_spectrum(self.init, name="init")[0].tolist()
         self.samples_per_class = check_int("samples_per_class", self.samples_per_class, minimum=1)
         check_choice("reduction", self.reduction, REDUCTIONS)
         self.runaway_level = check_float("runaway_level", self.runaway_level, minimum=0.0, strict_min=True)

@@ -246,7 +246,7 @@ def test_experiment_cli_end_to_end(tmp_path):
 def test_experiment_reports_faces_instead_of_nc(tmp_path):
     res = _cli(["--classes", "8", "--analyses", "trajectories,basin", "--depths", "1", "--basin-depths", "1",
                 "--basin-classes", "8", "--ics", "5", "--zero-modes", "2", "--horizon", "100", "--points", "20",
-                "--quiet", "--out", str(tmp_path / "f")])
+                "--quiet", "--no-figures", "--out", str(tmp_path / "f")])
     assert res.exit_code == 0, res.output
     assert "start on a face a_i = 0 and all stay on it" in res.output and "NOT at neural collapse" in res.output
     s = json.loads((tmp_path / "f" / "summary.json").read_text())
@@ -274,7 +274,7 @@ def test_experiment_resume_gives_same_numbers(tmp_path):
     from implicit_geometry.io import write_json
 
     cfg = dict(classes=8, depths=[2], basin_depths=[1, 2], basin_classes=[4], ics=10, horizon=100.0, points=20,
-               analyses=["trajectories", "basin"])
+               analyses=["trajectories", "basin"], figures=False)
     full = run_hadamard(HadamardConfig(**cfg), tmp_path / "a", progress=False)
     config = HadamardConfig(**cfg).validate()
     folder = tmp_path / "b"

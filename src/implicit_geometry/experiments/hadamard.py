@@ -84,6 +84,7 @@ class HadamardConfig:
     reduction: str = "sum"
     runaway_level: float = 1.0
     rtol: float = 1e-8
+    figures: bool = True
     seeds: int = 1
     first_seed: int = 0
     device: str = "auto"
@@ -118,6 +119,7 @@ class HadamardConfig:
         check_choice("reduction", self.reduction, REDUCTIONS)
         self.runaway_level = check_float("runaway_level", self.runaway_level, minimum=0.0, strict_min=True)
         self.rtol = check_float("rtol", self.rtol, minimum=1e-13, maximum=1e-3)
+        self.figures = bool(self.figures)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
         self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
         check_choice("device", self.device, ["auto", "cpu", "cuda"])
@@ -308,7 +310,8 @@ class HadamardRun:
         columns = list(dict.fromkeys(k for row in history for k in row))  # one header for every analysis
         write_csv(self.folder / "history.csv", [{k: row.get(k) for k in columns} for row in history])
         write_npz(self.folder / "final.npz", **arrays)
-        self._figures(summary)
+        if c.figures:
+            self._figures(summary)
         write_json(self.folder / "summary.json", summary)
         (self.folder / "checkpoint.pt").unlink(missing_ok=True)
         return summary

@@ -233,12 +233,15 @@ def test_experiment_cli_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads(res.output)
     assert s["trajectories"]["1"]["lyapunov_monotone"] is True
+    for L in ("1", "3"):
+        ex = s["exactness"][L]
+        assert ex["max_offdiag"] < 1e-12 and ex["max_rel_gap_gd"] < 1e-12 and ex["max_rel_gap_ode"] < 0.1
     assert s["basin_fraction_nc"]["4"]["1"] == 1.0 and s["basin_fraction_nc"]["8"]["2"] < 1.0
     ranks = [r["effective_rank_mean"] for r in s["rank_vs_depth"]]
     assert ranks[0] > ranks[1] > ranks[2]
     assert s["repulsion"]["3"]["order_agreement"] > 0.9 and s["faces"] == []
     for f in ("config.json", "history.csv", "summary.json", "final.npz", "figures/basin.png", "figures/trajectories.png",
-              "figures/lyapunov.png", "figures/rank_vs_depth.png", "figures/repulsion.png"):
+              "figures/lyapunov.png", "figures/rank_vs_depth.png", "figures/repulsion.png", "figures/exactness.png"):
         assert (tmp_path / "r" / f).exists(), f
     assert "NaN" not in (tmp_path / "r" / "summary.json").read_text()
 

@@ -88,9 +88,16 @@ def simulate_full(
     def on_record(s: Simulator) -> None:
         coords.append(spectral_coordinates(class_logits(s.model.logits(), samples_per_class), init.Q))
 
-    t0 = time.perf_counter()
-    sim.run(steps, record_at=marks, on_record=on_record)
-    seconds = time.perf_counter() - t0
+    # These matrices are tiny (K, d ~ 16..64): a second intra-op thread costs more in synchronization than it
+    # gains, and on a shared machine it can slow each step tenfold. Restore the caller's setting afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        sim.run(steps, record_at=marks, on_record=on_record)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
     return np.asarray(marks), np.stack(coords), init.Q, seconds
 
 

@@ -13,6 +13,8 @@ Analyses (``analyses``):
 - ``rank``: effective rank of the logits at the horizon against depth (``rank_depths``);
 - ``basin``: fraction of initial conditions heading to neural collapse against L (``basin_depths``) and K
   (``basin_classes``);
+- ``exactness``: the full simulation (core ``Simulator``, plain GD, learning rate ``exact_lr`` to ``exact_t``) from
+  the same initialization for 2 ICs per depth: off-diagonal of ``Q^T Z Q`` and the singular-value gaps;
 - ``repulsion``: when each mode runs away (reaches ``runaway_level``), in which order, against the small-a
   prediction (larger modes first, finite-time blow-up for L >= 2).
 
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
+from implicit_geometry.dynamics.exactness import exactness_check
 from implicit_geometry.dynamics.hadamard import REDUCTIONS, check_power_of_two, check_spectrum, sample_singular_values
 from implicit_geometry.dynamics.reduced import (
     crossing_times,
@@ -45,7 +48,7 @@ from implicit_geometry.dynamics.reduced import (
 from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar
 from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
 
-ANALYSES = ("trajectories", "rank", "basin", "repulsion")
+ANALYSES = ("exactness", "trajectories", "rank", "basin", "repulsion")
 
 
 def _int_list(name: str, values: Any, minimum: int, power_of_two: bool = False) -> list[int]:
@@ -84,6 +87,8 @@ class HadamardConfig:
     reduction: str = "sum"
     runaway_level: float = 1.0
     rtol: float = 1e-8
+    exact_lr: float = 1e-2
+    exact_t: float = 5.0
     figures: bool = True
     seeds: int = 1
     first_seed: int = 0
@@ -119,6 +124,10 @@ class HadamardConfig:
         check_choice("reduction", self.reduction, REDUCTIONS)
         self.runaway_level = check_float("runaway_level", self.runaway_level, minimum=0.0, strict_min=True)
         self.rtol = check_float("rtol", self.rtol, minimum=1e-13, maximum=1e-3)
+        self.exact_lr = check_float("exact_lr", self.exact_lr, minimum=0.0, strict_min=True, maximum=1.0)
+        self.exact_t = check_float("exact_t", self.exact_t, minimum=0.0, strict_min=True)
+        if self.exact_t / self.exact_lr > 1e6:
+            raise InvalidParameterError(f"exact_t / exact_lr must be at most 1e6 GD steps (got {self.exact_t / self.exact_lr:.3g})")
         self.figures = bool(self.figures)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
         self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
@@ -147,6 +156,8 @@ class HadamardRun:
         c = config
         self.seed_list = list(range(c.first_seed, c.first_seed + c.seeds))
         units: list[tuple[str, int, int]] = []
+        if "exactness" in c.analyses:
+            units += [("exactness", c.classes, L) for L in c.depths]
         if "trajectories" in c.analyses:
             units += [("trajectories", c.classes, L) for L in c.depths]
         if "rank" in c.analyses:
@@ -181,6 +192,10 @@ class HadamardRun:
     def run_unit(self, analysis: str, K: int, L: int) -> dict[str, Any]:
         c = self.config
         a0 = self.initial_conditions(K, analysis)
+        if analysis == "exactness":
+            r = exactness_check(a0[:2], depth=L, samples_per_class=c.samples_per_class, reduction=c.reduction,
+                                lr=c.exact_lr, t_end=c.exact_t, records=30)
+            return {"t": r.t, "offdiag": r.offdiag, "gap_ode": r.gap_ode, "gap_gd": r.gap_gd, "seconds": r.seconds_sim}
         if analysis in ("trajectories", "repulsion"):
             t = log_time_grid(c.horizon, c.points if analysis == "trajectories" else 3 * c.points, 1e-3)
             a = self.solve(a0, L, t)
@@ -247,6 +262,14 @@ class HadamardRun:
         history: list[dict[str, Any]] = []
         arrays: dict[str, np.ndarray] = {}
         faces: list[dict[str, Any]] = []
+        if "exactness" in c.analyses:
+            summary["exactness"] = {}
+            for L in c.depths:
+                r = self.results[self.key("exactness", c.classes, L)]
+                summary["exactness"][str(L)] = {"lr": c.exact_lr, "t_end": float(r["t"][-1]), "max_offdiag": float(r["offdiag"].max()),
+                                                "max_rel_gap_ode": float(r["gap_ode"].max()), "max_rel_gap_gd": float(r["gap_gd"].max())}
+                arrays[f"exactness_offdiag_L{L}"] = r["offdiag"]
+                arrays[f"exactness_gap_ode_L{L}"] = r["gap_ode"]
         if "trajectories" in c.analyses:
             summary["trajectories"] = {}
             for L in c.depths:
@@ -330,6 +353,16 @@ class HadamardRun:
         c = self.config
         figs = self.folder / "figures"
         plt = _plt()
+        if "exactness" in c.analyses:
+            series, styles = {}, {}
+            for L in c.depths:
+                r = self.results[self.key("exactness", c.classes, L)]
+                series[f"offdiag L={L}"] = np.maximum(r["offdiag"].T, 1e-18)
+                series[f"gap to ODE L={L}"] = np.maximum(r["gap_ode"].T, 1e-18)
+                styles[f"gap to ODE L={L}"] = "--"
+            t = self.results[self.key("exactness", c.classes, c.depths[0])]["t"]
+            plot_curves(figs / "exactness.png", np.maximum(t, c.exact_lr / 2), series, xlabel="t = steps * lr", ylabel="",
+                        title=f"full GD (lr {c.exact_lr:g}) vs reduced: off-diagonal of Q^T Z Q, relative gap", styles=styles)
         if "trajectories" in c.analyses:
             fig, axes = plt.subplots(1, len(c.depths), figsize=(4.2 * len(c.depths), 3.6), constrained_layout=True, squeeze=False)
             for ax, L in zip(axes[0], c.depths):
@@ -419,8 +452,12 @@ def repulsion_summary(a0: np.ndarray, runaway: np.ndarray, predicted: np.ndarray
 
 
 def verdict(summary: dict[str, Any], c: HadamardConfig) -> list[str]:
-    lines = [f"reduced ODE ({c.reduction}-CE, n = {c.samples_per_class} per class) to t = {c.horizon:g}, "
-             f"{summary['seconds']:.1f} s; K = {c.classes} unless stated"]
+    lines = [f"reduced ODE ({c.reduction}-CE, n = {c.samples_per_class} per class) to t = {c.horizon:g}; K = {c.classes} "
+             f"unless stated; {summary['seconds']:.1f} s in all"]
+    for L, s in summary.get("exactness", {}).items():
+        lines.append(f"exactness L = {L} (full GD, lr {s['lr']:g}, to t = {s['t_end']:g}): off-diagonal of Q^T Z Q "
+                     f"{s['max_offdiag']:.1e}, gap to the reduced GD map {s['max_rel_gap_gd']:.1e}, to the ODE "
+                     f"{s['max_rel_gap_ode']:.1e} (O(lr))")
     for L, s in summary.get("trajectories", {}).items():
         ly = "" if s["lyapunov_max_increase"] is None else (
             f", Lyapunov KL(u||a_hat) {s['lyapunov_start_mean']:.3g} -> {s['lyapunov_end_mean']:.3g} "

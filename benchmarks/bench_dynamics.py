@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from implicit_geometry.dynamics import exactness_check, gd_reduced, hadamard_init, log_time_grid, lyapunov, sample_singular_values, solve_reduced
-from implicit_geometry.dynamics.exactness import relative_gap, simulate_full
+from implicit_geometry.dynamics.exactness import relative_gap
 from implicit_geometry.train.losses import CrossEntropy
 from implicit_geometry.train.simulator import OptimizerConfig, Simulator
 

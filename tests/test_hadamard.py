@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg
-import torch
+import scipy.special
 from click.testing import CliRunner
 
 from implicit_geometry._validation import InvalidParameterError
@@ -68,6 +68,21 @@ def test_softmax_is_diagonal_in_the_walsh_basis():
     # a generic orthogonal basis with first column 1/sqrt(k) does not diagonalize the softmax
     R = np.linalg.qr(np.column_stack([np.ones(k), rng.standard_normal((k, k - 1))]))[0]
     off = R.T @ scipy.special.softmax(R @ np.diag(a) @ R.T, axis=0) @ R
+    assert np.abs(off - np.diag(np.diag(off))).max() > 1e-3
+
+
+def test_paley_hadamard_k12_does_not_diagonalize_the_softmax():
+    # Paley construction I, q = 11: a genuine Hadamard matrix of order 12, which the tool refuses; this is why.
+    q = 11
+    residues = {(x * x) % q for x in range(1, q)}
+    leg = np.array([[0 if i == j else (1 if (j - i) % q in residues else -1) for j in range(q)] for i in range(q)])
+    S = np.zeros((12, 12))
+    S[0, 1:], S[1:, 0], S[1:, 1:] = 1, -1, leg
+    H = np.eye(12) + S
+    np.testing.assert_allclose(H @ H.T, 12 * np.eye(12))
+    Q = H / np.sqrt(12)
+    a = np.random.default_rng(1).uniform(0, 3, 12)
+    off = Q.T @ scipy.special.softmax(Q @ np.diag(a) @ Q.T, axis=0) @ Q
     assert np.abs(off - np.diag(np.diag(off))).max() > 1e-3
 
 

@@ -42,7 +42,6 @@ from implicit_geometry.dynamics.reduced import (
     lyapunov,
     normalized_spectrum,
     predicted_runaway_times,
-    rate_constant,
     solve_reduced,
 )
 from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar

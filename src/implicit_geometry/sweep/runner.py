@@ -199,6 +199,7 @@ def run_sweep(
     if scheduler and executor != "dask":
         raise InvalidParameterError(f"scheduler must be given only with executor dask (got executor {executor!r})")
     points = spec.points()
+    spec = spec.normalized()
     folder = Path(out) if out is not None else default_sweep_out(spec)
     if folder.exists() and any(folder.iterdir()) and not (folder / "sweep.json").exists():
         raise InvalidParameterError(f"--out must be a new folder or a sweep folder (got {str(folder)!r}, which holds other files)")

@@ -61,6 +61,17 @@ class SweepSpec:
             fixed=dict(d.get("set") or {}), seeds=d.get("seeds", 1), first_seed=d.get("first_seed", 0),
         )
 
+    def normalized(self) -> SweepSpec:
+        """The same spec with command-line strings turned into the config fields' types.
+
+        >>> SweepSpec("seli", grid={"lr": ["0.5", "1"]}).normalized().grid
+        {'lr': [0.5, 1.0]}
+        """
+        hints = field_types(load_sweepable(self.experiment).config)
+        conv = lambda k, v: parse_value(k, v, hints[k]) if k in hints else v  # noqa: E731
+        return SweepSpec(self.experiment, grid={k: [conv(k, v) for v in vals] for k, vals in self.grid.items()},
+                         fixed={k: conv(k, v) for k, v in self.fixed.items()}, seeds=self.seeds, first_seed=self.first_seed)
+
     def points(self) -> list[Point]:
         """Expand and validate; raises :class:`InvalidParameterError` on an unknown field or a bad value."""
         sweep = load_sweepable(self.experiment)

@@ -77,6 +77,8 @@ def run_point(experiment: str, config: dict[str, Any], folder: str, threads: int
             sweep.run(sweep.config.from_dict(config), path, progress=False, **sweep.run_kwargs(figures))
         return {"status": "done", "seconds": time.perf_counter() - t0}
     except Interrupted:
+        if _POOL_WORKER:  # the sweep is shutting down (its point saved a checkpoint): take no further point
+            os._exit(130)
         return {"status": "interrupted", "seconds": time.perf_counter() - t0}
     except Exception as exc:  # one failing point must not stop the sweep: record it
         error = f"{type(exc).__name__}: {exc}"
@@ -85,7 +87,12 @@ def run_point(experiment: str, config: dict[str, Any], folder: str, threads: int
         return {"status": "failed", "error": error, "seconds": time.perf_counter() - t0}
 
 
+_POOL_WORKER = False
+
+
 def _worker_init() -> None:
+    global _POOL_WORKER
+    _POOL_WORKER = True
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
 
@@ -104,21 +111,30 @@ def _serial(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None
 def _local(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, figures: bool) -> Iterator[tuple[Point, dict[str, Any]]]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     # spawn: workers start clean (no inherited torch thread pools or signal handlers), on every platform.
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
     futures = {pool.submit(run_point, experiment, p.config, str(f), 1, figures): p for p, f in tasks}
     try:
         for fut in as_completed(futures):
-            yield futures[fut], fut.result()
+            try:
+                result = fut.result()
+            except BrokenProcessPool:  # a worker was killed from outside: stop like on SIGTERM
+                raise KeyboardInterrupt from None
+            yield futures[fut], result
     except BaseException:
+        procs = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         # SIGTERM lets a point that checkpoints save its state; the rest is lost (at most the points in flight).
-        for proc in list((pool._processes or {}).values()):
+        for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        for proc in list((pool._processes or {}).values()):
-            proc.join(timeout=10)
+        for proc in procs:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
         raise
     pool.shutdown(wait=True)
 

@@ -107,7 +107,7 @@ def test_killed_sweep_resumes_without_redoing_and_equals_uninterrupted(tmp_path)
     assert "sweep interrupted" in err and 3 <= len(before) < 12, (len(before), err)
     partial = read_table(tmp_path / "k")
     assert sum(r["status"] == "done" for r in partial) == 2 * len(before)
-    done = run_sweep(spec, tmp_path / "k", executor="local", jobs=2, progress=False)
+    done = run_sweep(spec, tmp_path / "k", executor="serial", progress=False)  # in-process: no second worker start-up
     assert (done.done, done.failed) == (12, 0)
     after = summaries()
     assert all(after[k] == v for k, v in before.items())  # finished points were not redone

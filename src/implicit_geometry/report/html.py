@@ -269,7 +269,9 @@ def _sweep_sections(page: _Page, folder: Path) -> None:
     config_cols = columns[2:cut]
     result_cols = [c for c in columns[cut + 1:] if c != "error"]
     done = [r for r in rows if r.get("status") == "done"]
-    metrics = [c for c in result_cols if len({_number(r.get(c)) for r in done} - {None}) >= 1 and any(_number(r.get(c)) is not None for r in done)]
+    numeric = [c for c in result_cols if any(_number(r.get(c)) is not None for r in done)]
+    # results that vary across the sweep (constants such as the number of classes say nothing against a parameter)
+    metrics = [c for c in numeric if len({_number(r.get(c)) for r in done} - {None}) > 1] or numeric
     swept = [k for k in (meta.get("grid") or {}) if k in config_cols and len({str(r.get(k)) for r in rows}) > 1]
     if metrics and swept and done:
         default = next((m for m in metrics if m.startswith("dist")), metrics[0])

@@ -93,6 +93,16 @@ _POOL_WORKER = False
 def _worker_init() -> None:
     global _POOL_WORKER
     _POOL_WORKER = True
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:  # a sweep killed with SIGKILL leaves no orphan worker running points behind
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
 
@@ -109,6 +119,8 @@ def _serial(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None
 
 
 def _local(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, figures: bool) -> Iterator[tuple[Point, dict[str, Any]]]:
+    if not tasks:
+        return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -140,6 +152,8 @@ def _local(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None,
 
 
 def _dask(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, figures: bool) -> Iterator[tuple[Point, dict[str, Any]]]:
+    if not tasks:
+        return
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:

@@ -279,8 +279,8 @@ def _sweep_sections(page: _Page, folder: Path) -> None:
         plots = [page.plot("sweep", _sweep_plot_spec(done, param, [k for k in swept if k != param], metrics)) for param in swept]
         picker = f'<p><label>result: <select id="ig-metric">{options}</select></label></p>'
         page.section("Results against swept parameters", picker + f'<div class="grid">{"".join(plots)}</div>',
-                     "Mean over seeds, bars = standard deviation over seeds; one line per combination of the other swept parameters "
-                     "(averaged over them when there are more than 8).")
+                     "Mean over seeds, bars = standard deviation over seeds; one line per combination of the other swept parameters. "
+                     "Past 8 lines, the parameters with most values are averaged over too (said in the legend; bars then also span them).")
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         seen: dict[str, Any] = {}
@@ -299,23 +299,33 @@ def _sweep_plot_spec(rows: list[dict[str, Any]], param: str, others: list[str], 
         values = sorted(values, key=lambda v: float(v))
     xcats = None if numeric else [str(v) for v in values]
     xpos = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+    # One line per combination of the other swept parameters while there are at most 8; past that, lines for the
+    # parameters with fewest values (as many as fit in 8 lines) and the mean over the rest.
+    sizes = {k: len({str(r.get(k)) for r in rows}) for k in others}
+    kept: list[str] = []
+    for k in sorted(others, key=lambda k: sizes[k]):
+        if math.prod(sizes[j] for j in kept + [k]) <= 8:
+            kept.append(k)
+    averaged = [k for k in others if k not in kept]
+    others = [k for k in others if k in kept]
     combos = list(dict.fromkeys(tuple(r.get(k) for k in others) for r in rows))
-    grouped = len(combos) <= 8
     out: dict[str, list[dict[str, Any]]] = {}
     ylog: dict[str, bool] = {}
     for m in metrics:
         series = []
-        for combo in (combos if grouped else [None]):
+        for combo in combos:
             xs, ys, es = [], [], []
             for v in values:
-                sel = [r for r in rows if r.get(param) == v and (combo is None or tuple(r.get(k) for k in others) == combo)]
+                sel = [r for r in rows if r.get(param) == v and tuple(r.get(k) for k in others) == combo]
                 vals = [x for x in (_number(r.get(m)) for r in sel) if x is not None]
                 if not vals:
                     continue
                 xs.append(xpos[v])
                 ys.append(float(np.mean(vals)))
                 es.append(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
-            name = ", ".join(f"{k}={c}" for k, c in zip(others, combo)) if combo else ("all" if not others else "mean over " + ", ".join(others))
+            name = ", ".join(f"{k}={c}" for k, c in zip(others, combo))
+            if averaged:
+                name = (name + "; " if name else "") + "mean over " + ", ".join(averaged)
             series.append({"name": name or m, "x": xs, "y": ys, "err": es})
         out[m] = series
         ylog[m] = _log_scale([y for s in series for y in s["y"]])

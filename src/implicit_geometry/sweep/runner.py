@@ -261,8 +261,8 @@ def run_sweep(
             elif result["status"] == "failed":
                 failed += 1
                 errors[point.id] = result.get("error", "")
+            bar.set_postfix_str(f"done {done}, failed {failed}, remaining {len(points) - done - failed}", refresh=False)
             bar.update(1)
-            bar.set_postfix_str(f"done {done}, failed {failed}, remaining {len(points) - done - failed}")
     except KeyboardInterrupt:
         bar.close()
         write_table(folder, spec, points)

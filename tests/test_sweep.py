@@ -142,3 +142,19 @@ def test_cli_errors_are_one_line(capsys):
             cli(argv)
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_cli_sweep_from_file_with_set_and_report(tmp_path, capsys):
+    import json
+
+    from implicit_geometry.cli import cli
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("experiment: seli\nseeds: 2\ngrid:\n  lr: [0.5, 1.0]\n")
+    argv = ["sweep", "--file", str(spec_file), "--set", "counts=3,3,1", "--set", "steps=30", "--set", "dim=3", "--set", "records=3",
+            "--set", "device=cpu", "--executor", "serial", "--quiet", "--json", "--report", "--out", str(tmp_path / "s")]
+    cli(argv)
+    out = json.loads(capsys.readouterr().out)
+    assert (out["total"], out["done"], out["failed"]) == (2, 2, 0) and out["report"].endswith("report.html")
+    rows = read_table(tmp_path / "s")
+    assert [(r["lr"], r["seed"], r["counts"]) for r in rows] == [(0.5, 0, "3:3:1"), (0.5, 1, "3:3:1"), (1.0, 0, "3:3:1"), (1.0, 1, "3:3:1")]

@@ -8,7 +8,7 @@ import click
 @click.command("sweep")
 @click.argument("experiment", required=False)
 @click.option("--grid", "grid", multiple=True, help="KEY=V1,V2,... over a config field (lists as a:b:c); repeat for a product.")
-@click.option("--set", "fixed", multiple=True, help="KEY=VALUE: a config field fixed for every point.")
+@click.option("--set", "fixed", multiple=True, help="KEY=VALUE: a config field fixed for every point (lists as a,b,c or a:b:c).")
 @click.option("--file", "spec_file", type=click.Path(), default=None, help="YAML sweep file (experiment, grid, set, seeds, first_seed); options add to it.")
 @click.option("--seeds", type=int, default=None, help="Seeds per point (batched into one simulation where the experiment allows) [default 1].")
 @click.option("--first-seed", type=int, default=None, help="Seeds are first-seed .. first-seed+seeds-1 [default 0].")
@@ -35,10 +35,11 @@ def command(experiment, grid, fixed, spec_file, seeds, first_seed, executor, job
     if not spec.experiment:
         raise click.UsageError("give EXPERIMENT or --file")
     spec.grid.update(parse_assignments(grid, "--grid"))
-    for key, values in parse_assignments(fixed, "--set").items():
-        if len(values) != 1:
-            raise InvalidParameterError(f"--set must give one value per key (got {key}={','.join(values)}: use --grid for several)")
-        spec.fixed[key] = values[0]
+    for item in fixed:  # one value each: commas stay (--set counts=20,20,2 is one list)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidParameterError(f"--set must be KEY=VALUE (got {item!r})")
+        spec.fixed[key.strip()] = value.strip()
     if seeds is not None:
         spec.seeds = seeds
     if first_seed is not None:

@@ -155,7 +155,8 @@ def parse_value(name: str, value: Any, kind: Any) -> Any:
             return float(value)
         if origin in (list, tuple):
             (inner,) = typing.get_args(kind) or (str,)
-            return [parse_value(name, part, inner) for part in value.split(LIST_SEPARATOR) if part != ""]
+            # ":" inside a grid value (whose values are split on ","); "," too in a single --set value
+            return [parse_value(name, part, inner) for part in value.replace(",", LIST_SEPARATOR).split(LIST_SEPARATOR) if part != ""]
     except ValueError:
         raise InvalidParameterError(f"{name} must be a value of type {getattr(kind, '__name__', kind)} (got {value!r})") from None
     if kind is str or kind is Any:

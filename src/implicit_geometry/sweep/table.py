@@ -6,6 +6,8 @@ one; wall times (the experiment's ``volatile`` keys) stay out of it.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,9 @@ def read_table(folder: Path | str) -> list[dict[str, Any]]:
             f = float(v)
         except ValueError:
             return {"True": True, "False": False}.get(v, v)
-        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+        if not math.isfinite(f):  # the table never holds non-finite numbers: this is text such as "inf" or "1e999"
+            return v
+        return int(v) if re.fullmatch(r"[+-]?\d+", v) else f
 
-    return [{k: parse(v) for k, v in r.items()} for r in read_csv(Path(folder) / "table.csv")]
+    text_columns = {"point", "status", "error"}  # point ids are hex digests: "123456789012" or "12e456789012" stay text
+    return [{k: ((v or None) if k in text_columns else parse(v)) for k, v in r.items()} for r in read_csv(Path(folder) / "table.csv")]

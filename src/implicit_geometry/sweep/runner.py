@@ -165,7 +165,7 @@ def _dask(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, 
         client = Client(scheduler, timeout=30)
     else:
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+                               silence_logs=logging.CRITICAL, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         client = Client(cluster)
     try:
         futures = [client.submit(run_point, experiment, p.config, str(f.resolve()), 1, figures, key=f"igeom-{experiment}-{p.id}", pure=False) for p, f in tasks]

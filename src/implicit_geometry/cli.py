@@ -29,7 +29,10 @@ class ExperimentGroup(click.Group):
 
 # Top-level command groups contributed by the faces of the toolkit, imported on first use:
 # name -> "module:attribute" of a click command or group.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "sweep": "implicit_geometry.sweep.cli:command",
+    "report": "implicit_geometry.report.html_cli:command",
+}
 
 
 class LazyGroup(click.Group):

@@ -29,6 +29,7 @@ from implicit_geometry.geometry.batched import GeometryDistances
 from implicit_geometry.geometry.targets import etf_geometry, seli_geometry
 from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.models.ufm import DeepUFM
+from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.losses import CrossEntropy
 from implicit_geometry.train.simulator import OPTIMIZERS, OptimizerConfig, Simulator, record_steps
 
@@ -185,7 +186,7 @@ class SeliRun:
                 if stop.requested:
                     raise Interrupted(self.folder, self.sim.step)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, figures: bool = True) -> dict[str, Any]:
         c = self.config
         write_csv(self.folder / "history.csv", self.history)
         final = self.measure()
@@ -220,7 +221,8 @@ class SeliRun:
             summary[key] = float(np.mean(vals))
         summary["per_seed"] = {key: vals.tolist() for key, vals in final.items()}
         summary["verdict"] = verdict(summary, self.counts)
-        self._figures(final)
+        if figures:
+            self._figures(final)
         write_json(self.folder / "summary.json", summary)
         (self.folder / "checkpoint.pt").unlink(missing_ok=True)
         return summary
@@ -286,8 +288,11 @@ def run_seli(
     *,
     resume: Path | str | None = None,
     progress: bool = True,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the SELI experiment; returns the summary (also written to ``summary.json``).
+
+    ``figures=False`` skips the matplotlib figures (most of the time of a short run; sweeps turn them off).
 
     Raises :class:`Interrupted` after saving a checkpoint if SIGINT/SIGTERM arrives during training.
     """
@@ -305,6 +310,10 @@ def run_seli(
         write_json(folder / "config.json", config.to_dict())
         run = SeliRun(config, folder)
     run.train(progress=progress)
-    summary = run.finish()
+    summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
+
+
+# The sweep contract (docs/sweeps.md): seeds of one point are batched into one simulation.
+SWEEP = Sweepable(config=SeliConfig, run=run_seli, seeds_field="seeds", first_seed_field="first_seed", figures_option="figures")

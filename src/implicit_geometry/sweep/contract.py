@@ -1,0 +1,73 @@
+"""What an experiment exposes so that ``igeom sweep`` can run it (see docs/sweeps.md).
+
+An experiment module defines ``SWEEP = Sweepable(config=MyConfig, run=run_my_experiment)`` where
+
+- ``config`` is a dataclass with ``from_dict(dict) -> config`` (validating) and ``to_dict() -> dict``;
+- ``run(config, out, *, resume=None, progress=True) -> summary`` writes a run folder (config.json,
+  summary.json with scalar results and a ``verdict`` list, ...) and may raise on bad input or interruption;
+- ``seeds_field`` / ``first_seed_field`` name the config fields that batch seeds into one simulation (None when
+  the experiment has no seed batching: the sweep then runs one point per seed through ``first_seed_field``);
+- ``figures_option`` names a boolean keyword of ``run`` that turns matplotlib figures off (sweeps skip them by
+  default: they take most of the time of a short run, and the HTML report draws its own plots);
+- ``volatile`` lists summary keys that vary between identical runs (wall times) and stay out of the sweep table.
+
+Nothing here imports torch: experiment modules import this cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from implicit_geometry._validation import InvalidParameterError
+
+
+@dataclass(frozen=True)
+class Sweepable:
+    """The sweep contract of one experiment.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     lr: float = 1.0
+    >>> Sweepable(config=C, run=lambda c, out, resume=None, progress=True: {}).seeds_field
+    'seeds'
+    """
+
+    config: type
+    run: Callable[..., dict[str, Any]]
+    seeds_field: str | None = "seeds"
+    first_seed_field: str | None = "first_seed"
+    volatile: tuple[str, ...] = ("seconds", "folder")
+    figures_option: str | None = None
+
+    def run_kwargs(self, figures: bool) -> dict[str, Any]:
+        return {} if figures or self.figures_option is None else {self.figures_option: False}
+
+
+def load_sweepable(experiment: str) -> Sweepable:
+    """The ``SWEEP`` of a registered experiment: looked up in its CLI module, then in that module minus ``_cli``.
+
+    >>> load_sweepable("seli").config.__name__
+    'SeliConfig'
+    """
+    from implicit_geometry.experiments import EXPERIMENTS
+
+    if experiment not in EXPERIMENTS:
+        raise InvalidParameterError(f"experiment must be one of {', '.join(sorted(EXPERIMENTS))} (got {experiment!r})")
+    name = EXPERIMENTS[experiment]
+    candidates = [name] + ([name[: -len("_cli")]] if name.endswith("_cli") else [])
+    for module_name in candidates:
+        try:
+            module: ModuleType = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        sweep = getattr(module, "SWEEP", None)
+        if isinstance(sweep, Sweepable):
+            return sweep
+    raise InvalidParameterError(
+        f"experiment must define SWEEP = Sweepable(...) to be swept (got {experiment!r}, which does not; see docs/sweeps.md)"
+    )

@@ -32,15 +32,27 @@ class ExperimentGroup(click.Group):
 COMMANDS: dict[str, str] = {}
 
 
+# Subcommands of ``igeom predict`` contributed by the faces, imported on first use: name -> "module:attribute".
+PREDICTIONS: dict[str, str] = {
+    "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
+}
+
+
 class LazyGroup(click.Group):
+    registry: dict[str, str] = COMMANDS
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+        return sorted(set(super().list_commands(ctx)) | set(self.registry))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in COMMANDS:
-            module, attr = COMMANDS[name].split(":")
+        if name in self.registry:
+            module, attr = self.registry[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+
+class PredictGroup(LazyGroup):
+    registry = PREDICTIONS
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +85,7 @@ def demo(out: str | None, quiet: bool) -> None:
         click.echo(line)
 
 
-@main.group()
+@main.group(cls=PredictGroup)
 def predict() -> None:
     """Closed-form predictions from data statistics (no training)."""
 

@@ -172,9 +172,9 @@ class ImbalancedCrossEntropy(_torch_module_base()):  # type: ignore[misc]
         super().__init__()
         self.params = loss_parameters(counts, loss, gamma=gamma, tau=tau, beta=beta)
         self.reduction = check_choice("reduction", reduction, ["mean", "sum", "none"])
-        self.register_buffer("Delta", torch.as_tensor(self.params.multiplicative, dtype=torch.float32))
-        self.register_buffer("iota", torch.as_tensor(self.params.additive, dtype=torch.float32))
-        self.register_buffer("omega", torch.as_tensor(self.params.weights, dtype=torch.float32))
+        self.register_buffer("Delta", torch.as_tensor(self.params.multiplicative, dtype=torch.float64))  # cast to the logits dtype in forward
+        self.register_buffer("iota", torch.as_tensor(self.params.additive, dtype=torch.float64))  # cast to the logits dtype in forward
+        self.register_buffer("omega", torch.as_tensor(self.params.weights, dtype=torch.float64))  # cast to the logits dtype in forward
 
     def adjusted_logits(self, logits: Any, targets: Any) -> Any:
         Delta = self.Delta.to(logits.dtype)

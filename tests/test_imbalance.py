@@ -168,7 +168,7 @@ def test_ridge_matches_sample_level_cvxpy():
 
     counts = [4, 4, 1, 2]
     p = loss_parameters(counts, "vs", gamma=0.3, tau=0.5)
-    M, info = ridge_logits(counts, 0.7, p, tol=1e-12)
+    M, info = ridge_logits(counts, 0.7, p)
     ref = cvxpy_ridge(counts, 0.7, p)
     Z = M[:, np.repeat(np.arange(4), counts)]
     assert normalized_distance(Z, ref["Z"]) < 1e-4

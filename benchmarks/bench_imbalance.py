@@ -107,7 +107,7 @@ def bar_large(budget: float) -> bool:
     return ok
 
 
-def bar_simulation(steps: int, seeds: int) -> bool:
+def bar_simulation(steps: int, seeds: int, dim: int) -> bool:
     import torch
 
     from implicit_geometry.experiments.imbalance import group_shape
@@ -120,7 +120,7 @@ def bar_simulation(steps: int, seeds: int) -> bool:
     from implicit_geometry.train.simulator import OptimizerConfig, Simulator
 
     torch.set_num_threads(1)
-    print(f"== bar 3: k = 10, R = 10, rho = 0.5 (n_min = 1, N = 55, d = 10), {steps} normalized-GD steps, {seeds} seeds")
+    print(f"== bar 3: k = 10, R = 10, rho = 0.5 (n_min = 1, N = 55, d = {dim}), {steps} normalized-GD steps, {seeds} seeds")
     counts = step_imbalance_counts(10, 10, 0.5, 1)
     ok_all = True
     for loss in ("ce", "la", "cdt", "vs"):
@@ -132,7 +132,7 @@ def bar_simulation(steps: int, seeds: int) -> bool:
         cf = step_closed_form(10, 10, 0.5, loss, **hyper).to_dict()
         gen = step_summary(target, 5)
         cf_err = max(abs(cf[key] - gen[key]) / max(1.0, abs(gen[key])) for key in gen)
-        model = DeepUFM.random(num_classes=10, num_samples=55, dim=10, batch=seeds)
+        model = DeepUFM.random(num_classes=10, num_samples=55, dim=dim, batch=seeds)
         sim = Simulator(model, simulator_loss(counts, p), OptimizerConfig())
         t0 = time.perf_counter()
         sim.run(steps)
@@ -153,7 +153,8 @@ def bar_simulation(steps: int, seeds: int) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--steps", type=int, default=30000)
+    ap.add_argument("--dim", type=int, default=40, help="UFM width for bar 3 (width speeds up convergence with CDT)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--budget", type=float, default=60.0, help="cvxpy time budget per size (s)")
@@ -162,7 +163,7 @@ def main() -> None:
     if args.quick:
         args.cases, args.budget, args.steps = 4, 10.0, 2000
     rng = np.random.default_rng(2023)
-    results = [bar_cvxpy(rng, args.cases), bar_large(args.budget), bar_simulation(args.steps, args.seeds)]
+    results = [bar_cvxpy(rng, args.cases), bar_large(args.budget), bar_simulation(args.steps, args.seeds, args.dim)]
     print("bars:", " ".join("PASS" if r else "FAIL" for r in results))
 
 

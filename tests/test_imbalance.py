@@ -256,6 +256,7 @@ def test_predict_cli(capsys):
     assert d["closed_form"]["w_norm_ratio"] == pytest.approx(d["classifier_norms"][0] / d["classifier_norms"][-1], rel=1e-9)
     code, out = _cli(["predict", "seli", "--counts", "3,1,1"], capsys)  # the core subcommand still works
     assert code in (0, None) and "classifier_norms" in out.out
-    for bad in (["--counts", "3,0"], ["--counts", "3,1", "--loss", "nope"], ["--counts", "3,1", "--loss", "la", "--tau", "inf"]):
+    for bad in (["--counts", "3,0"], ["--counts", "3,1", "--loss", "nope"], ["--counts", "3,1", "--loss", "la", "--tau", "inf"],
+                ["--counts", "3,1", "--temperatures", "1,-2"]):
         code, out = _cli(["predict", "imbalance", *bad], capsys)
         assert code == 2 and out.err.count("\n") == 1 and out.err.startswith("igeom: error:")

@@ -77,7 +77,9 @@ class ImbalanceConfig:
         self.loss = check_loss(self.loss)
         # Validates the hyperparameters against the loss (unused ones rejected, unknown values one-line errors).
         self.params_for([1] * self.classes)
-        self.dim = self.classes if self.dim is None else check_int("dim", self.dim, minimum=1)
+        # Default width 4k: the prediction needs d >= k, and extra width markedly speeds up convergence with
+        # multiplicative (CDT/VS) losses (measured: k=10, R=10, CDT gamma=0.3 reaches 1e-2 with d=40, not d=12).
+        self.dim = 4 * self.classes if self.dim is None else check_int("dim", self.dim, minimum=1)
         self.steps = check_int("steps", self.steps, minimum=1)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         if self.norm_ref != math.inf:

@@ -36,7 +36,7 @@ def _loss_options(f: Any) -> Any:
 @click.option("--minority-fractions", type=str, default="0.5", show_default=True, help="Fractions rho of minority classes to sweep (majorities come first).")
 @click.option("--n-min", type=int, default=1, show_default=True, help="Samples per minority class.")
 @_loss_options
-@click.option("--dim", type=int, default=None, help="Feature dimension d (default k; the prediction is exact for d >= k).")
+@click.option("--dim", type=int, default=None, help="Feature dimension d (default 4k; the prediction is exact for d >= k, extra width converges faster).")
 @click.option("--steps", type=int, default=20000, show_default=True, help="Normalized-GD steps per point.")
 @click.option("--lr", type=float, default=1.0, show_default=True)
 @click.option("--norm-ref", type=float, default=100.0, show_default=True, help="ngd step cap (see igeom run seli --help).")
@@ -69,9 +69,10 @@ def command(classes, ratios, minority_fractions, n_min, loss, gamma, tau, beta, 
 @click.option("--minority-fraction", type=float, default=0.5, show_default=True, help="Step imbalance: fraction rho of minority classes.")
 @click.option("--n-min", type=int, default=1, show_default=True, help="Step imbalance: samples per minority class.")
 @_loss_options
+@click.option("--temperatures", type=str, default=None, help="Explicit positive temperatures Delta, one per class (comma-separated); class-dependent unless --loss ldt.")
 @click.option("--weight-decay", type=float, default=None, help="Ridge: the global minimizer with this weight decay (penalty wd/2 per factor, sum-CE) instead of the max-margin limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
-def predict_command(counts, classes, ratio, minority_fraction, n_min, loss, gamma, tau, beta, weight_decay, as_json) -> None:
+def predict_command(counts, classes, ratio, minority_fraction, n_min, loss, gamma, tau, beta, temperatures, weight_decay, as_json) -> None:
     """Predicted UFM geometry under imbalance for a loss (no training): Grams, norms, angles; with step
     imbalance also the closed-form norm ratios and cosines."""
     import numpy as np
@@ -89,6 +90,14 @@ def predict_command(counts, classes, ratio, minority_fraction, n_min, loss, gamm
         raise InvalidParameterError("counts must be given as --counts or --classes (got neither)")
     c = check_counts(counts) if counts is not None else step_imbalance_counts(classes, ratio, minority_fraction, n_min)
     params = loss_parameters(c, loss, gamma=gamma, tau=tau, beta=beta)
+    if temperatures is not None:
+        from dataclasses import replace
+
+        from implicit_geometry.imbalance.losses import check_temperatures
+
+        Delta = check_temperatures(_floats("temperatures", temperatures), c.size)
+        params = replace(params, multiplicative=Delta, hyper={"temperatures": Delta.tolist()})
+        classes = None  # the closed form is for the parameterized losses only
     if weight_decay is not None:
         g, info = ridge_geometry(c, weight_decay, params, return_info=True)
     else:

@@ -29,8 +29,8 @@ from implicit_geometry._validation import InvalidParameterError, check_choice, c
 
 LOSSES = ("ce", "wce", "la", "cdt", "ldt", "vs")
 
-# One published setting per loss (used by the benchmark and as CLI defaults when a hyperparameter is omitted).
-# LA: tau = 1 (Menon et al., ICLR 2021). CDT: gamma = 0.5... see PUBLISHED_NOTES for the sources.
+# One published setting per loss (used by the benchmark and as defaults when a hyperparameter is omitted);
+# PUBLISHED_NOTES says where each comes from.
 PUBLISHED: dict[str, dict[str, float]] = {
     "ce": {},
     "wce": {"beta": 1.0},

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from implicit_geometry._validation import InvalidParameterError, check_counts, check_float, check_int
+from implicit_geometry._validation import check_counts, check_float, check_int
 from implicit_geometry.geometry.targets import ClassGeometry
 from implicit_geometry.imbalance.losses import LossParameters, check_temperatures, loss_parameters
 

@@ -191,6 +191,27 @@ def test_ridge_matches_gd_with_weight_decay():
     assert np.abs(W @ W.T - g.W_gram).max() < 1e-6  # the scale is the minimizer's, not arbitrary
 
 
+def test_ridge_collapses_to_zero_exactly_beyond_the_threshold():
+    counts = [5, 5, 1]
+    _, info = ridge_logits(counts, 0.1)
+    thr = info.extra["wd_zero"]
+    M, info = ridge_logits(counts, thr * 1.01)
+    assert info.method == "zero" and not M.any()
+    M, info = ridge_logits(counts, thr * 0.9)
+    assert info.method == "fista" and np.abs(M).max() > 1e-3
+    # subgradient check of the zero solution from the definition: L(t D) + wd t ||D||_* >= L(0) along random D
+    rng = np.random.default_rng(0)
+    from implicit_geometry.imbalance.predict import _ridge_loss_grad
+
+    p = loss_parameters(counts, "ce")
+    sq = np.sqrt(np.array(counts, float))
+    l0, _ = _ridge_loss_grad(np.zeros((3, 3)), sq, np.array(counts), p)
+    for _ in range(20):
+        D = rng.normal(size=(3, 3)) * 1e-3
+        lv, _ = _ridge_loss_grad(D, sq, np.array(counts), p)
+        assert lv + thr * 1.01 * np.linalg.svd(D, compute_uv=False).sum() >= l0
+
+
 def test_ridge_tends_to_max_margin_and_shows_minority_collapse():
     counts = step_imbalance_counts(6, 20, 0.5, 1)
     mm = imbalance_geometry(counts, "ce")

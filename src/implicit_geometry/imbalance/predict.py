@@ -322,7 +322,8 @@ def ridge_logits(
     """Class logits of the ridge-regularized UFM's global minimizer: ``argmin sum_i omega CE(z'_i) + wd ||Z||_*``
     (sum-CE, penalty ``wd/2`` on each factor's squared norm, d >= k). FISTA with adaptive restart on
     ``X = M diag(sqrt n)`` (step grown adaptively, backtracking), warm-started at the best multiple of the max-margin
-    solution; stops when the prox-gradient step at step 1/L is below ``tol`` relative to ``||X||``."""
+    solution; stops when the prox-gradient step at step 1/L is below ``tol`` relative to ``||X||``. For
+    ``wd >= ||grad L(0)||_2`` (reported as ``info.extra["wd_zero"]``) the minimizer is exactly 0 (method "zero")."""
     counts = check_counts(counts)
     wd = check_float("weight_decay", weight_decay, minimum=0.0, strict_min=True)
     check_float("tol", tol, minimum=0.0, strict_min=True)
@@ -334,6 +335,13 @@ def ridge_logits(
     # Column Hessian is omega_y J diag-softmax-Hessian J with norm <= omega_y max(J)^2 / 2.
     L = float(np.max(p.weights) * np.max(p.multiplicative) ** 2 / 2.0)
     step = 1.0 / L
+    # 0 is the minimizer iff ||grad L(0)||_2 <= wd (the subdifferential of ||.||_* at 0 is the spectral unit ball):
+    # beyond this weight decay everything collapses, the geometry is undefined.
+    l0, g0 = _ridge_loss_grad(np.zeros((k, k)), sq, counts, p)
+    wd_zero = float(np.linalg.norm(g0, 2))
+    if wd >= wd_zero * (1 - 1e-9):  # (at the threshold itself the minimizer is 0 too)
+        info = SolveInfo("zero", 0, time.perf_counter() - t0, l0, 0.0, 0.0, {"loss": l0, "nuclear": 0.0, "wd_zero": wd_zero})
+        return np.zeros((k, k)), info
     if X0 is None:
         X = _ridge_warm_start(counts, wd, p, sq)
     else:
@@ -374,7 +382,7 @@ def ridge_logits(
                 break
     lv, _ = _ridge_loss_grad(X, sq, counts, p)
     nuc = float(np.linalg.svd(X, compute_uv=False).sum())
-    info = SolveInfo("fista", it, time.perf_counter() - t0, lv + wd * nuc, res, 0.0, {"loss": lv, "nuclear": nuc})
+    info = SolveInfo("fista", it, time.perf_counter() - t0, lv + wd * nuc, res, 0.0, {"loss": lv, "nuclear": nuc, "wd_zero": wd_zero})
     return X / sq[None, :], info
 
 

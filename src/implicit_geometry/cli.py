@@ -32,27 +32,15 @@ class ExperimentGroup(click.Group):
 COMMANDS: dict[str, str] = {}
 
 
-# Subcommands of ``igeom predict`` contributed by the faces, imported on first use: name -> "module:attribute".
-PREDICTIONS: dict[str, str] = {
-    "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
-}
-
-
 class LazyGroup(click.Group):
-    registry: dict[str, str] = COMMANDS
-
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.registry))
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.registry:
-            module, attr = self.registry[name].split(":")
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
-
-
-class PredictGroup(LazyGroup):
-    registry = PREDICTIONS
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,6 +71,23 @@ def demo(out: str | None, quiet: bool) -> None:
     click.echo(f"figures: {folder / 'figures'}  (distances.png, grams.png, loss.png); summary: {folder / 'summary.json'}")
     for line in summary["verdict"]:
         click.echo(line)
+
+
+# Subcommands of ``igeom predict`` contributed by the faces, imported on first use: name -> "module:attribute".
+PREDICTIONS: dict[str, str] = {
+    "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
+}
+
+
+class PredictGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(PREDICTIONS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in PREDICTIONS:
+            module, attr = PREDICTIONS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
 
 
 @main.group(cls=PredictGroup)

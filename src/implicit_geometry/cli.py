@@ -76,7 +76,24 @@ def demo(out: str | None, quiet: bool) -> None:
         click.echo(line)
 
 
-@main.group()
+# Subcommands of ``igeom predict`` contributed by the faces, imported on first use: name -> "module:attribute".
+PREDICTIONS: dict[str, str] = {
+    "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
+}
+
+
+class PredictGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(PREDICTIONS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in PREDICTIONS:
+            module, attr = PREDICTIONS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@main.group(cls=PredictGroup)
 def predict() -> None:
     """Closed-form predictions from data statistics (no training)."""
 

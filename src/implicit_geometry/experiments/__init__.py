@@ -8,3 +8,6 @@ EXPERIMENTS: dict[str, str] = {
     "seli": "implicit_geometry.experiments.seli_cli",
     "hadamard": "implicit_geometry.experiments.hadamard_cli",
 }
+
+# Registered separately so that concurrent additions to the literal above merge cleanly.
+EXPERIMENTS["imbalance"] = "implicit_geometry.experiments.imbalance_cli"

@@ -7,7 +7,5 @@ when their command is used.
 EXPERIMENTS: dict[str, str] = {
     "seli": "implicit_geometry.experiments.seli_cli",
     "hadamard": "implicit_geometry.experiments.hadamard_cli",
+    "imbalance": "implicit_geometry.experiments.imbalance_cli",
 }
-
-# Registered separately so that concurrent additions to the literal above merge cleanly.
-EXPERIMENTS["imbalance"] = "implicit_geometry.experiments.imbalance_cli"

@@ -29,7 +29,7 @@ def min_norm_point(P: np.ndarray, tol: float = 1e-13, max_iter: int = 1000) -> t
     """Point of smallest norm in the convex hull of the columns of P (r x m), with its convex weights (Wolfe 1976).
 
     >>> x, lam = min_norm_point(np.array([[1.0, -1.0], [1.0, 1.0]]))
-    >>> np.round(x, 12).tolist(), np.round(lam, 12).tolist()
+    >>> (np.round(x, 12) + 0.0).tolist(), np.round(lam, 12).tolist()
     ([0.0, 1.0], [0.5, 0.5])
     """
     P = np.asarray(P, dtype=np.float64)
@@ -196,7 +196,7 @@ def softmax_code(K: int, r: int, *, restarts: int = 8, seed: int = 0, maxiter: i
     For ``K <= r + 1`` the simplex is returned directly (it is optimal and spans K-1 <= r dimensions).
 
     >>> code = softmax_code(5, 2, restarts=4)
-    >>> abs(code.distance - (1 - np.cos(2 * np.pi / 5))) < 1e-6
+    >>> bool(abs(code.distance - (1 - np.cos(2 * np.pi / 5))) < 1e-6)
     True
     """
     K = check_int("K", K, minimum=2)

@@ -132,13 +132,15 @@ class GeometryReading:
         }
 
 
-def read_geometry(Z: Any, *, tol: float = 0.05, rank: int | None = None, restarts: int = 4, fit_code: bool = True) -> GeometryReading:
+def read_geometry(Z: Any, *, tol: float = 0.05, rank: int | None = None, restarts: int = 4, fit_code: bool = True,
+                  code_cache: dict | None = None) -> GeometryReading:
     """Read the geometry of a K x K class-mean logit matrix (column c = mean logits of class c).
 
     ``rank`` (default: the numerical rank at relative cut-off ``tol``) sets how many singular directions the Gram
     factor keeps and which softmax code (K points in ``rank`` dimensions) it is compared with. ``code_value_ratio``
     is the learned points' one-vs-rest value (max norm scaled to 1) over the code's optimum: 1 for an optimal code.
-    Adjacent angles are taken in the top-2 singular plane (meaningful for rank-2 solutions).
+    Adjacent angles are taken in the top-2 singular plane (meaningful for rank-2 solutions). ``code_cache`` (a dict)
+    keeps solved codes across calls.
 
     >>> from implicit_geometry.depth.codes import regular_polygon
     >>> P = regular_polygon(6)
@@ -159,7 +161,10 @@ def read_geometry(Z: Any, *, tol: float = 0.05, rank: int | None = None, restart
     etf = np.eye(K) - 1.0 / K
     code = cdist = ratio = None
     if fit_code and r >= 1 and K >= 2:
-        code = softmax_code(K, r, restarts=restarts)
+        cache = {} if code_cache is None else code_cache
+        if (K, r) not in cache:
+            cache[(K, r)] = softmax_code(K, r, restarts=restarts)
+        code = cache[(K, r)]
         cdist = code_distance(X, code.points)
         ratio = code_value(X.T) / code.distance if code.distance > 0 else None
     return GeometryReading(

@@ -6,4 +6,5 @@ when their command is used.
 
 EXPERIMENTS: dict[str, str] = {
     "seli": "implicit_geometry.experiments.seli_cli",
+    "depth": "implicit_geometry.experiments.depth_cli",
 }

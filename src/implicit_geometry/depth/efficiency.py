@@ -36,6 +36,8 @@ def factorization_cost(Z: Any, depth: int, samples_per_class: int = 1) -> float:
     L = check_int("depth", depth, minimum=1)
     n = check_int("samples_per_class", samples_per_class, minimum=1)
     s = np.linalg.svd(check_matrix("Z", Z), compute_uv=False) * np.sqrt(n)
+    # Round-off singular values (~1e-16 of the largest) would add (1e-16)^(2/(L+1)) each: not part of the geometry.
+    s = s[s > s[0] * 1e-12]
     return float((L + 1) * (s ** (2.0 / (L + 1))).sum())
 
 

@@ -67,19 +67,25 @@ class PathSimulator(Simulator):
         model = self.model
         chain = model.forward_chain()
         Z = chain[-1]
-        G, _ = self.loss.scaled_gradient(Z)
+        G, log_scale = self.loss.scaled_gradient(Z)
         grads = model.backward(chain, G)
         gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads)).clamp_min(1e-300)
         tnorm = torch.sqrt(model.squared_norm())
         length = self.eta * tnorm
         if self.curvature:
-            # dZ per unit step along -g/||g||, and the loss's first- and second-order change along it (both in the
-            # scaled units of G, so their ratio is exact however small the loss): the step keeps the quadratic
-            # term below 10*eta of the linear one. Var_p(dz) <= sum_{c != y} p_c (dz_c - dz_y)^2 is used (safe side).
+            # dZ per unit step along -g/||g||, and the loss's first- and second-order change along it, both in the
+            # scaled units of G (off-label G_ci = w_i p_ci / sigma, sigma = exp(log_scale)), so their ratio is exact
+            # however small the loss. Second order: sum_i w_i Var_{p_i}(dz_i), written relative to the label entry
+            # (Var is shift-invariant) so that nothing cancels when p_i is nearly one-hot. The step keeps the
+            # quadratic term below 10*eta of the linear one.
             T = tangent_logits(model, chain, grads) / gnorm[:, None, None]
             first = -(G * T).sum(dim=(1, 2))
-            rel = T - T.gather(1, self.loss.labels.expand(T.shape[0], 1, -1))
-            second = (G.clamp_min(0.0) * rel**2).sum(dim=(1, 2))
+            idx = self.loss.labels.expand(T.shape[0], 1, -1)
+            rel = (T - T.gather(1, idx)).scatter(1, idx, 0.0)
+            Goff = G.scatter(1, idx, 0.0)
+            sigma = torch.exp(log_scale)[:, None] / torch.exp(self.loss._log_sample)[None, :]
+            var = (Goff * rel**2).sum(dim=1) - sigma * (Goff * rel).sum(dim=1) ** 2
+            second = var.clamp_min(0.0).sum(dim=1)
             length = torch.minimum(length, 20.0 * self.eta * first / second.clamp_min(1e-300))
         length = torch.where(self.active, length, torch.zeros_like(length))
         scale = (length / gnorm)[:, None, None]

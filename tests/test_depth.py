@@ -235,3 +235,83 @@ def test_path_stepping_runs_at_depth_where_gd_diverges():
     with torch.no_grad():
         path.update()
     assert all(torch.equal(F[0], F0[0]) for F, F0 in zip(path.model.factors, before))
+
+
+# -- experiment -----------------------------------------------------------------------------------------------------
+def _small_config(**kw):
+    from implicit_geometry.experiments.depth import DepthConfig
+
+    base = dict(classes=4, samples_per_class=2, dims=[8], depths=[1, 3], init_std=0.1, seeds=2, max_steps=3000,
+                target_margin=5.0, device="cpu")
+    base.update(kw)
+    return DepthConfig(**base)
+
+
+def test_depth_experiment_run_and_resume(tmp_path):
+    from implicit_geometry.experiments.depth import DepthRun, run_depth
+
+    s = run_depth(_small_config(), tmp_path / "a", progress=False)
+    folder = tmp_path / "a"
+    for name in ("config.json", "history.csv", "summary.json", "final.npz", "figures/rank_vs_depth.png", "figures/singular_values.png"):
+        assert (folder / name).exists(), name
+    assert "NaN" not in (folder / "summary.json").read_text()
+    rows = {r["depth"]: r for r in s["table"]}
+    assert rows[1]["terminal_runs"] == 2 and abs(rows[1]["effective_rank_mean"] - 3) < 0.2  # depth 1: ETF, rank K-1
+    for r in s["runs"]:
+        assert r["terminal"] and r["min_margin"] >= 5.0 and 0 <= r["init_dz_etf_distance"] <= 2
+    # interrupted mid-cell (checkpoint after a short time budget), then resumed: same numbers
+    cfg = _small_config()
+    cfg.validate()
+    (tmp_path / "b").mkdir()
+    from implicit_geometry.io import write_json
+
+    write_json(tmp_path / "b" / "config.json", cfg.to_dict())
+    run = DepthRun(cfg, tmp_path / "b")
+    run.cell = __import__("implicit_geometry.experiments.depth", fromlist=["_Cell"])._Cell(run, 8, 1)
+
+    class _Stop:
+        requested = False
+
+    class _Bar:
+        def update(self, n):
+            pass
+
+    import time as _t
+
+    assert run.cell.train(_Stop(), _t.perf_counter() - 1, _Bar()) is False  # stopped before finishing
+    for _ in range(5):
+        run.cell.sim.update()
+    run.save_checkpoint()
+    s2 = run_depth(resume=tmp_path / "b", progress=False)
+    a = [(r["effective_rank"], r["steps"], r["min_margin"]) for r in s["runs"]]
+    b = [(r["effective_rank"], r["steps"], r["min_margin"]) for r in s2["runs"]]
+    assert a and a == b
+
+
+def test_depth_flags_non_terminal_runs(tmp_path):
+    from implicit_geometry.experiments.depth import run_depth
+
+    s = run_depth(_small_config(depths=[3], max_steps=5), tmp_path / "c", progress=False)
+    assert s["table"][0]["terminal_runs"] == 0 and s["table"][0]["effective_rank_mean"] is None
+    assert any("NOT in the terminal phase" in line for line in s["verdict"])
+
+
+def test_depth_cli_errors_and_run(tmp_path):
+    from implicit_geometry.cli import main
+
+    import subprocess
+    import sys
+
+    from implicit_geometry.experiments.depth_cli import _int_list
+
+    assert _int_list("depths", "1..3,5") == [1, 2, 3, 5]
+    with pytest.raises(InvalidParameterError, match="dims must be comma-separated integers"):
+        _int_list("dims", "a,b")
+    r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", "run", "depth", "--depths", "0..2", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "depth must be an integer >= 1 (got 0)" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["run", "depth", "--classes", "4", "--n", "1", "--dims", "6", "--depths", "1", "--init-std", "0.1",
+                                  "--target-margin", "3", "--quiet", "--json", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["table"][0]["terminal_runs"] == 1

@@ -48,7 +48,7 @@ class DepthConfig:
     optimizer: str = "path"
     eta: float = 0.01
     lr: float = 1.0
-    max_steps: int = 20000
+    max_steps: int = 3000
     target_margin: float = 10.0
     norm_factor: float = 10.0
     check_every: int = 10

@@ -34,7 +34,7 @@ def _int_list(name: str, text: str) -> list[int]:
 @click.option("--optimizer", type=str, default="path", show_default=True, help="path (adaptive, any depth), ngd or gd (use --lr).")
 @click.option("--eta", type=float, default=0.01, show_default=True, help="path: relative step length (halving it must not change results).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="ngd/gd step (not used by path).")
-@click.option("--max-steps", type=int, default=20000, show_default=True, help="Cap per run; runs not terminal by then are flagged.")
+@click.option("--max-steps", type=int, default=3000, show_default=True, help="Cap per run; runs not terminal by then are flagged.")
 @click.option("--target-margin", type=float, default=10.0, show_default=True, help="Terminal phase: smallest margin at least this.")
 @click.option("--norm-factor", type=float, default=10.0, show_default=True, help="Record Z's ETF distance when ||Z|| has grown by this factor.")
 @click.option("--rank-tol", type=float, default=0.05, show_default=True, help="Numerical rank: singular values above rank_tol * largest.")

@@ -54,6 +54,7 @@ class PathSimulator(Simulator):
         self.eta = float(eta)
         self.path = bool(path)
         self.curvature = True
+        self.curvature_factor = 20.0
         self.active = torch.ones(model.batch, dtype=torch.bool, device=model.factors[0].device)
 
     def update(self) -> None:
@@ -86,7 +87,7 @@ class PathSimulator(Simulator):
             sigma = torch.exp(log_scale)[:, None] / torch.exp(self.loss._log_sample)[None, :]
             var = (Goff * rel**2).sum(dim=1) - sigma * (Goff * rel).sum(dim=1) ** 2
             second = var.clamp_min(0.0).sum(dim=1)
-            length = torch.minimum(length, 20.0 * self.eta * first / second.clamp_min(1e-300))
+            length = torch.minimum(length, self.curvature_factor * self.eta * first / second.clamp_min(1e-300))
         length = torch.where(self.active, length, torch.zeros_like(length))
         scale = (length / gnorm)[:, None, None]
         for F, g in zip(model.factors, grads):

@@ -8,4 +8,5 @@ EXPERIMENTS: dict[str, str] = {
     "seli": "implicit_geometry.experiments.seli_cli",
     "hadamard": "implicit_geometry.experiments.hadamard_cli",
     "imbalance": "implicit_geometry.experiments.imbalance_cli",
+    "depth": "implicit_geometry.experiments.depth_cli",
 }

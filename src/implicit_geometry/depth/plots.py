@@ -1,0 +1,91 @@
+"""Figures of the ``depth`` experiment: effective rank against depth and width, singular values against time,
+rank-2 codes against the regular K-gon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from implicit_geometry.io import save_figure
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _rank_stats(results, key_fixed, fixed, key_x):
+    xs, means, stds = [], [], []
+    for x in sorted({r[key_x] for r in results if r[key_fixed] == fixed}):
+        er = [r["effective_rank"] for r in results if r[key_fixed] == fixed and r[key_x] == x and r["terminal"]]
+        if er:
+            xs.append(x)
+            means.append(np.mean(er))
+            stds.append(np.std(er))
+    return xs, means, stds
+
+
+def plot_depth_figures(folder: Path, config: Any, results: list[dict], histories: list[dict], K: int) -> None:
+    plt = _plt()
+    folder = Path(folder)
+    # Effective rank against depth (one line per width) and against width (one line per depth).
+    for key_x, key_line, name, xlabel in (("depth", "dim", "rank_vs_depth.png", "depth L (weight matrices)"),
+                                          ("dim", "depth", "rank_vs_width.png", "width d")):
+        lines = sorted({r[key_line] for r in results})
+        if name == "rank_vs_width.png" and len({r["dim"] for r in results}) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.0, 4.0), constrained_layout=True)
+        for v in lines:
+            xs, m, s = _rank_stats(results, key_line, v, key_x)
+            ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=f"{key_line}={v}")
+        ax.axhline(K - 1, color="gray", ls="--", lw=1, label="ETF (K-1)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("effective rank of mean logits")
+        ax.set_title(f"K={K}, init std {config.init_std}: mean +- std over terminal runs")
+        ax.legend(fontsize=7)
+        save_figure(folder / name, fig, dpi=110)
+        plt.close(fig)
+    # Singular values (normalized by the largest) against step, first seed, one panel per depth (first width).
+    d0, seed0 = config.dims[0], config.first_seed
+    depths = config.depths
+    cols = min(5, len(depths))
+    rows = int(np.ceil(len(depths) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), constrained_layout=True, squeeze=False)
+    for ax, L in zip(axes.ravel(), depths):
+        h = [r for r in histories if r["dim"] == d0 and r["depth"] == L and r["seed"] == seed0]
+        if h:
+            steps = np.array([r["step"] for r in h]) + 1
+            for i in range(K):
+                ax.plot(steps, [r[f"sv{i + 1}"] for r in h], lw=1)
+            ax.set_xscale("log")
+        ax.set_title(f"L={L}", fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+    for ax in axes.ravel()[len(depths):]:
+        ax.axis("off")
+    fig.suptitle(f"singular values of mean logits / largest vs step+1 (d={d0}, seed {seed0})")
+    save_figure(folder / "singular_values.png", fig, dpi=100)
+    plt.close(fig)
+    # Rank-2 codes against the regular K-gon.
+    two = [r for r in results if r["terminal"] and r["numerical_rank"] == 2][-6:]
+    if two:
+        fig, axes = plt.subplots(1, len(two), figsize=(2.6 * len(two), 2.8), constrained_layout=True, squeeze=False)
+        poly = 2 * np.pi * np.arange(K + 1) / K
+        for ax, r in zip(axes.ravel(), two):
+            X = np.asarray(r["gram_factor"])
+            X = X / np.linalg.norm(X, axis=0).max()
+            a0 = np.arctan2(X[1, 0], X[0, 0])
+            ax.plot(np.cos(poly + a0), np.sin(poly + a0), "-", color="gray", lw=1)
+            ax.scatter(X[0], X[1], s=18, zorder=3)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"d={r['dim']} L={r['depth']} s={r['seed']}\nmax angle err {r['max_angle_error_deg']:.2f} deg", fontsize=7)
+        fig.suptitle(f"rank-2 Gram-factor points vs the regular {K}-gon")
+        save_figure(folder / "polygons.png", fig, dpi=110)
+        plt.close(fig)

@@ -1,0 +1,348 @@
+"""Experiment ``depth``: the implicit low-rank bias of deep UFMs, swept over depth L and width d.
+
+For every (d, L) cell, ``seeds`` runs from Gaussian initialization (std ``init_std``) are trained together (one
+batched :class:`~implicit_geometry.depth.stepping.PathSimulator`) until each reaches the terminal phase (smallest
+margin >= ``target_margin``, so the loss is below ``N (K-1) e^-target_margin``, and the logit norm has grown by
+``norm_factor``) or ``max_steps``. Recorded per run: the ETF distance of ``dZ/dt`` at initialization (class
+means), the ETF distance of the class-mean logits when their norm first exceeds ``norm_factor`` times its initial
+value, and at the end the effective/stable/numerical rank of the class-mean logits and the learned code (Gram
+factor, adjacent angles, best-matching softmax code). Runs that did not reach the terminal phase are flagged and
+left out of the rank statistics.
+
+Conventions: CE summed over samples, depth counts weight matrices (L+1 factors), ``n`` samples per class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
+from implicit_geometry.depth.reading import read_geometry
+from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
+from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar, resolve_device
+from implicit_geometry.geometry.metrics import effective_rank, normalized_distance, stable_rank
+from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.models.ufm import DeepUFM
+from implicit_geometry.train.losses import CrossEntropy
+from implicit_geometry.train.simulator import OptimizerConfig, record_steps
+
+STEPPERS = ("path", "ngd", "gd")
+
+
+@dataclass
+class DepthConfig:
+    classes: int = 10
+    samples_per_class: int = 5
+    dims: list[int] = field(default_factory=lambda: [100])
+    depths: list[int] = field(default_factory=lambda: list(range(1, 11)))
+    init_std: float = 0.03
+    seeds: int = 5
+    first_seed: int = 0
+    optimizer: str = "path"
+    eta: float = 0.01
+    lr: float = 1.0
+    max_steps: int = 3000
+    target_margin: float = 10.0
+    norm_factor: float = 10.0
+    check_every: int = 10
+    records: int = 60
+    rank_tol: float = 0.05
+    device: str = "auto"
+    checkpoint_seconds: float = 30.0
+
+    def validate(self) -> DepthConfig:
+        self.classes = check_int("classes", self.classes, minimum=3)
+        self.samples_per_class = check_int("samples_per_class", self.samples_per_class, minimum=1)
+        if not self.dims or not self.depths:
+            raise InvalidParameterError(f"dims and depths must be non-empty lists (got {self.dims!r} and {self.depths!r})")
+        self.dims = [check_int("dim", d, minimum=1) for d in self.dims]
+        self.depths = [check_int("depth", L, minimum=1, maximum=50) for L in self.depths]
+        self.init_std = check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
+        self.seeds = check_int("seeds", self.seeds, minimum=1)
+        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
+        check_choice("optimizer", self.optimizer, STEPPERS)
+        self.eta = check_float("eta", self.eta, minimum=0.0, maximum=0.5, strict_min=True)
+        self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
+        self.max_steps = check_int("max_steps", self.max_steps, minimum=1)
+        self.target_margin = check_float("target_margin", self.target_margin, minimum=0.0, strict_min=True)
+        self.norm_factor = check_float("norm_factor", self.norm_factor, minimum=1.0, strict_min=True)
+        self.check_every = check_int("check_every", self.check_every, minimum=1)
+        self.records = check_int("records", self.records, minimum=2)
+        self.rank_tol = check_float("rank_tol", self.rank_tol, minimum=0.0, maximum=1.0, strict_min=True)
+        check_choice("device", self.device, ["auto", "cpu", "cuda"])
+        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DepthConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
+        return cls(**d).validate()
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return [(d, L) for d in self.dims for L in self.depths]
+
+
+class _Cell:
+    """One (d, L) batch of seeds: its simulator and per-run tracking state."""
+
+    def __init__(self, run: DepthRun, d: int, L: int) -> None:
+        c = run.config
+        self.d, self.L = d, L
+        model = DeepUFM.random(num_classes=run.K, num_samples=run.N, dim=d, depth=L, batch=c.seeds,
+                               init_std=c.init_std, seeds=run.seed_list, device=run.device)
+        loss = CrossEntropy(run.labels, run.K, device=run.device)
+        opt = OptimizerConfig(name="ngd" if c.optimizer == "path" else c.optimizer, lr=c.lr)
+        self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path")
+        self.run = run
+        B = c.seeds
+        self.init_logit_norm = torch.linalg.matrix_norm(model.logits()).cpu().numpy()
+        self.grown_etf = np.full(B, np.nan)
+        self.grown_step = np.full(B, -1)
+        self.done_step = np.full(B, -1)
+        self.history: list[dict[str, Any]] = []
+        chain = model.forward_chain()
+        G, _ = loss.scaled_gradient(chain[-1])
+        dZ = tangent_logits(model, chain, model.backward(chain, G))
+        self.init_dz_etf = np.array([normalized_distance(run.class_means(dZ[b]), run.etf) for b in range(B)])
+
+    def state(self) -> dict[str, Any]:
+        return {"sim": self.sim.state_dict(), "grown_etf": self.grown_etf, "grown_step": self.grown_step,
+                "done_step": self.done_step, "history": self.history}
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.sim.load_state_dict(s["sim"])
+        self.grown_etf, self.grown_step, self.done_step = s["grown_etf"], s["grown_step"], s["done_step"]
+        self.history = s["history"]
+
+    def check(self) -> None:
+        """Terminal-phase test and the norm-growth snapshot (every ``check_every`` steps)."""
+        run, sim = self.run, self.sim
+        Z = sim.model.logits()
+        lnorm = torch.linalg.matrix_norm(Z).cpu().numpy()
+        margin = run.min_margin(Z).cpu().numpy()
+        for b in range(Z.shape[0]):
+            if self.grown_step[b] < 0 and lnorm[b] >= run.config.norm_factor * self.init_logit_norm[b]:
+                self.grown_step[b] = sim.step
+                self.grown_etf[b] = normalized_distance(run.class_means(Z[b]), run.etf)
+            if self.done_step[b] < 0 and margin[b] >= run.config.target_margin and self.grown_step[b] >= 0:
+                self.done_step[b] = sim.step
+        sim.active = torch.as_tensor(self.done_step < 0, device=Z.device)
+
+    def record(self) -> None:
+        run, sim = self.run, self.sim
+        Z = sim.model.logits()
+        log_loss = (sim.loss.log_loss(Z) / math.log(10)).cpu().numpy()
+        margin = run.min_margin(Z).cpu().numpy()
+        for b, seed in enumerate(run.seed_list):
+            M = run.class_means(Z[b])
+            s = np.linalg.svd(M, compute_uv=False)
+            row = {"dim": self.d, "depth": self.L, "seed": seed, "step": sim.step, "log10_loss": float(log_loss[b]),
+                   "logit_norm": float(np.linalg.norm(Z[b].cpu().numpy())), "min_margin": float(margin[b]),
+                   "effective_rank": effective_rank(M)}
+            row.update({f"sv{i + 1}": float(v / s[0]) if s[0] > 0 else 0.0 for i, v in enumerate(s)})
+            self.history.append(row)
+
+    def train(self, stop, deadline: float, bar) -> bool:
+        c = self.run.config
+        marks = set(record_steps(c.max_steps, c.records))
+        sim = self.sim
+        while sim.step < c.max_steps:
+            if sim.step % c.check_every == 0:
+                self.check()
+                if not bool(sim.active.any()):
+                    break
+            if sim.step in marks:
+                self.record()
+            if stop.requested or time.perf_counter() > deadline:
+                return False
+            sim.update()
+            bar.update(1)
+        self.check()
+        self.record()
+        return True
+
+    def results(self) -> list[dict[str, Any]]:
+        run = self.run
+        Z = self.sim.model.logits()
+        margin = run.min_margin(Z).cpu().numpy()
+        log_loss = (self.sim.loss.log_loss(Z) / math.log(10)).cpu().numpy()
+        out = []
+        for b, seed in enumerate(run.seed_list):
+            M = run.class_means(Z[b])
+            g = read_geometry(M, tol=run.config.rank_tol, restarts=3, fit_code=True, code_cache=run.code_cache)
+            terminal = bool(self.done_step[b] >= 0)
+            out.append({
+                "dim": self.d, "depth": self.L, "seed": seed, "terminal": terminal,
+                "steps": int(self.done_step[b]) if terminal else int(self.sim.step),
+                "log10_loss": float(log_loss[b]), "min_margin": float(margin[b]),
+                "init_dz_etf_distance": float(self.init_dz_etf[b]),
+                "grown_etf_distance": None if self.grown_step[b] < 0 else float(self.grown_etf[b]),
+                "grown_step": int(self.grown_step[b]),
+                "effective_rank": g.effective_rank, "stable_rank": g.stable_rank, "numerical_rank": g.numerical_rank,
+                "etf_distance": g.etf_distance, "code_distance": g.code_distance, "code_value_ratio": g.code_value_ratio,
+                "adjacent_angles_deg": g.adjacent_angles.tolist(),
+                "max_angle_error_deg": float(np.abs(g.adjacent_angles - 360.0 / run.K).max()) if g.numerical_rank == 2 else None,
+                "gram_factor": g.gram_factor.tolist(), "mean_logits": M.tolist(),
+            })
+        return out
+
+
+class DepthRun:
+    def __init__(self, config: DepthConfig, folder: Path) -> None:
+        self.config = c = config
+        self.folder = folder
+        self.device = resolve_device(c.device)
+        self.K = c.classes
+        self.N = c.classes * c.samples_per_class
+        self.labels = np.repeat(np.arange(self.K), c.samples_per_class)
+        self.seed_list = list(range(c.first_seed, c.first_seed + c.seeds))
+        self.etf = np.eye(self.K) - 1.0 / self.K
+        self._avg = torch.zeros((self.N, self.K), dtype=torch.float64, device=self.device)
+        self._avg[torch.arange(self.N), torch.as_tensor(self.labels)] = 1.0 / c.samples_per_class
+        self._labels_t = torch.as_tensor(self.labels, device=self.device)
+        self.results: list[dict[str, Any]] = []
+        self.histories: list[dict[str, Any]] = []
+        self.cell_index = 0
+        self.cell: _Cell | None = None
+        self.seconds = 0.0
+        self.code_cache: dict = {}
+
+    def class_means(self, Z: torch.Tensor) -> np.ndarray:
+        return (Z @ self._avg).cpu().numpy()
+
+    def min_margin(self, Z: torch.Tensor) -> torch.Tensor:
+        y = self._labels_t.expand(Z.shape[0], 1, -1)
+        zy = Z.gather(1, y).squeeze(1)
+        other = Z.scatter(1, y, -math.inf).amax(dim=1)
+        return (zy - other).amin(dim=1)
+
+    def save_checkpoint(self) -> None:
+        write_torch(self.folder / "checkpoint.pt", {
+            "cell_index": self.cell_index, "results": self.results, "histories": self.histories,
+            "cell": None if self.cell is None else self.cell.state(), "seconds": self.seconds})
+
+    def load_checkpoint(self) -> None:
+        s = read_torch(self.folder / "checkpoint.pt")
+        self.cell_index, self.results, self.histories, self.seconds = s["cell_index"], s["results"], s["histories"], s["seconds"]
+        if s["cell"] is not None:
+            d, L = self.config.cells[self.cell_index]
+            self.cell = _Cell(self, d, L)
+            self.cell.load(s["cell"])
+
+    def train(self, progress: bool = True) -> None:
+        c = self.config
+        cells = c.cells
+        bar = progress_bar(len(cells) * c.max_steps, "depth", progress)
+        with interruptible() as stop, bar:
+            while self.cell_index < len(cells):
+                d, L = cells[self.cell_index]
+                if self.cell is None:
+                    self.cell = _Cell(self, d, L)
+                bar.set_description(f"depth d={d} L={L}")
+                t0 = time.perf_counter()
+                done = self.cell.train(stop, t0 + c.checkpoint_seconds, bar)
+                self.seconds += time.perf_counter() - t0
+                if not done:
+                    self.save_checkpoint()
+                    if stop.requested:
+                        raise Interrupted(self.folder, self.cell.sim.step)
+                    continue
+                self.results.extend(self.cell.results())
+                self.histories.extend(self.cell.history)
+                bar.update(c.max_steps - self.cell.sim.step)
+                self.cell = None
+                self.cell_index += 1
+
+    def finish(self) -> dict[str, Any]:
+        c = self.config
+        write_csv(self.folder / "history.csv", self.histories)
+        res = self.results
+        table = []
+        for d, L in c.cells:
+            rows = [r for r in res if r["dim"] == d and r["depth"] == L]
+            term = [r for r in rows if r["terminal"]]
+            er = [r["effective_rank"] for r in term]
+            table.append({
+                "dim": d, "depth": L, "terminal_runs": len(term), "runs": len(rows),
+                "effective_rank_mean": float(np.mean(er)) if er else None,
+                "effective_rank_std": float(np.std(er)) if er else None,
+                "numerical_ranks": [r["numerical_rank"] for r in term],
+                "init_dz_etf_distance_mean": float(np.mean([r["init_dz_etf_distance"] for r in rows])),
+                "grown_etf_distance_mean": float(np.mean([r["grown_etf_distance"] for r in rows if r["grown_etf_distance"] is not None]))
+                if any(r["grown_etf_distance"] is not None for r in rows) else None,
+                "steps_max": int(max(r["steps"] for r in rows)),
+            })
+        summary = {
+            "experiment": "depth", "K": self.K, "n": c.samples_per_class, "N": self.N, "dims": c.dims, "depths": c.depths,
+            "init_std": c.init_std, "seeds": self.seed_list, "optimizer": c.optimizer, "eta": c.eta,
+            "reduction": "sum", "target_margin": c.target_margin, "seconds": round(self.seconds, 3),
+            "table": table, "runs": [{k: v for k, v in r.items() if k not in ("gram_factor", "mean_logits")} for r in res],
+        }
+        summary["verdict"] = verdict(summary)
+        write_npz(self.folder / "final.npz",
+                  dims=np.array([r["dim"] for r in res]), depths=np.array([r["depth"] for r in res]),
+                  seeds=np.array([r["seed"] for r in res]), terminal=np.array([r["terminal"] for r in res]),
+                  effective_rank=np.array([r["effective_rank"] for r in res]),
+                  mean_logits=np.array([r["mean_logits"] for r in res]))
+        self._figures()
+        write_json(self.folder / "summary.json", summary)
+        (self.folder / "checkpoint.pt").unlink(missing_ok=True)
+        return summary
+
+    def _figures(self) -> None:
+        from implicit_geometry.depth.plots import plot_depth_figures
+
+        plot_depth_figures(self.folder / "figures", self.config, self.results, self.histories, self.K)
+
+
+def verdict(summary: dict[str, Any]) -> list[str]:
+    K = summary["K"]
+    lines = [f"K={K}, n={summary['n']}, init std {summary['init_std']}, {len(summary['seeds'])} seeds, "
+             f"{summary['optimizer']} steps, {summary['seconds']:.1f} s"]
+    for row in summary["table"]:
+        head = f"d={row['dim']:<4d} L={row['depth']:<3d}"
+        if not row["terminal_runs"]:
+            lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported): raise --max-steps")
+            continue
+        msg = (f"{head} effective rank {row['effective_rank_mean']:.2f} +- {row['effective_rank_std']:.2f} "
+               f"(numerical ranks {row['numerical_ranks']}); ETF distance of dZ/dt(0) {row['init_dz_etf_distance_mean']:.2f}")
+        if row["terminal_runs"] < row["runs"]:
+            msg += f"; {row['runs'] - row['terminal_runs']} run(s) not terminal, left out"
+        lines.append(msg)
+    return lines
+
+
+def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the depth sweep; returns the summary (also in ``summary.json``)."""
+    if resume is not None:
+        folder = check_resume_folder(Path(resume))
+        config = DepthConfig.from_dict(read_json(folder / "config.json"))
+        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
+            return read_json(folder / "summary.json")
+        run = DepthRun(config, folder)
+        if (folder / "checkpoint.pt").exists():
+            run.load_checkpoint()
+    else:
+        config = (config or DepthConfig()).validate()
+        folder = prepare_out(Path(out) if out is not None else None, "depth")
+        write_json(folder / "config.json", config.to_dict())
+        run = DepthRun(config, folder)
+    run.train(progress=progress)
+    summary = run.finish()
+    summary["folder"] = str(folder)
+    return summary

@@ -1,0 +1,317 @@
+"""Tests of the depth topic: softmax codes, reading a learned geometry, norm efficiency, path stepping, `igeom run depth`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from implicit_geometry._validation import InvalidParameterError
+from implicit_geometry.depth.codes import (
+    code_value,
+    known_optimum,
+    min_norm_point,
+    one_vs_rest_distances,
+    regular_polygon,
+    simplex_code,
+    softmax_code,
+)
+from implicit_geometry.depth.efficiency import (
+    balanced_factors,
+    class_margin,
+    code_logits,
+    compare_geometries,
+    factorization_cost,
+    margin_at_norm,
+    overtaking_depth,
+)
+from implicit_geometry.depth.reading import adjacent_angles, code_distance, gram_factor, numerical_rank, read_geometry
+from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
+from implicit_geometry.geometry.metrics import effective_rank, normalized_distance
+from implicit_geometry.models.ufm import DeepUFM
+from implicit_geometry.train.losses import CrossEntropy
+from implicit_geometry.train.simulator import OptimizerConfig, Simulator
+
+RNG = np.random.default_rng(0)
+
+
+# -- softmax codes -----------------------------------------------------------------------------------------------
+def test_min_norm_point_matches_cvxpy():
+    cp = pytest.importorskip("cvxpy")
+    for trial in range(3):
+        P = RNG.standard_normal((4, 7)) + 0.5
+        x, lam = min_norm_point(P)
+        v = cp.Variable(7)
+        prob = cp.Problem(cp.Minimize(cp.sum_squares(P @ v)), [v >= 0, cp.sum(v) == 1])
+        prob.solve()
+        assert abs(np.linalg.norm(x) - math.sqrt(prob.value)) < 1e-5
+        assert lam.min() >= 0 and abs(lam.sum() - 1) < 1e-12
+        assert np.allclose(P @ lam, x)
+
+
+def test_one_vs_rest_closed_forms_and_invariances():
+    for K in (3, 5, 8):
+        assert np.allclose(one_vs_rest_distances(regular_polygon(K)), 1 - math.cos(2 * math.pi / K), atol=1e-12)
+        assert np.allclose(one_vs_rest_distances(simplex_code(K)), K / (K - 1), atol=1e-12)
+    W = RNG.standard_normal((6, 3))
+    Q = np.linalg.qr(RNG.standard_normal((3, 3)))[0]
+    perm = RNG.permutation(6)
+    d = one_vs_rest_distances(W)
+    assert np.allclose(one_vs_rest_distances(W @ Q.T), d)
+    assert np.allclose(one_vs_rest_distances(W[perm]), d[perm])
+    assert np.allclose(one_vs_rest_distances(2.5 * W), 2.5 * d)
+    # A point inside the hull of the others has distance 0.
+    W2 = np.vstack([regular_polygon(4), [[0.1, 0.0]]])
+    assert one_vs_rest_distances(W2)[-1] < 1e-12
+
+
+@pytest.mark.parametrize("K", [3, 4, 6, 7, 9, 12])
+def test_softmax_code_polygon(K):
+    code = softmax_code(K, 2, restarts=4)
+    assert abs(code.distance - (1 - math.cos(2 * math.pi / K))) < 1e-6
+    assert np.linalg.norm(code.points, axis=1).max() <= 1 + 1e-9
+    assert np.allclose(np.sort(adjacent_angles(code.points.T)), 360 / K, atol=1e-3)
+
+
+def test_softmax_code_simplex_and_cross_polytope():
+    for K, r in [(3, 2), (4, 5), (6, 5)]:
+        code = softmax_code(K, r)
+        assert abs(code.distance - K / (K - 1)) < 1e-9 and code.points.shape == (K, r)
+    code = softmax_code(6, 3, restarts=4)
+    assert abs(code.distance - 1.0) < 1e-6 and known_optimum(6, 3) == 1.0
+    # Solver not told the answer: a code it finds for an unknown case is no worse than random points.
+    c = softmax_code(7, 3, restarts=3)
+    assert c.known is None and c.distance >= max(code_value(RNG.standard_normal((7, 3))) for _ in range(20))
+    with pytest.raises(InvalidParameterError, match="K must be"):
+        softmax_code(1, 2)
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+def test_read_etf_and_polygon():
+    K = 6
+    S = np.eye(K) - 1 / K
+    g = read_geometry(3 * S, restarts=2)
+    assert g.numerical_rank == K - 1 and abs(g.effective_rank - (K - 1)) < 1e-9 and g.etf_distance < 1e-12
+    assert g.code_distance < 1e-6 and abs(g.code_value_ratio - 1) < 1e-6
+    P = regular_polygon(K)
+    perm = RNG.permutation(K)
+    Zp = (P @ P.T)[np.ix_(perm, perm)] * 7
+    g = read_geometry(Zp)
+    assert g.numerical_rank == 2 and abs(g.effective_rank - 2) < 1e-9 and abs(g.stable_rank - 2) < 1e-9
+    assert np.allclose(g.adjacent_angles, 360 / K) and g.code_distance < 1e-9 and abs(g.code_value_ratio - 1) < 1e-9
+    assert g.etf_distance > 0.5
+    X = gram_factor(Zp, 2)
+    assert np.allclose(X.T @ X, Zp)  # Gram factor reproduces the PSD logits
+    # An irregular polygon is detected.
+    a = np.sort(RNG.uniform(0, 2 * np.pi, K))
+    Q = np.stack([np.cos(a), np.sin(a)], 1)
+    g2 = read_geometry(Q @ Q.T)
+    assert g2.code_distance > 1e-3 and g2.code_value_ratio < 1 and np.abs(g2.adjacent_angles - 60).max() > 1
+
+
+def test_code_distance_general_rank_and_numerical_rank():
+    C = softmax_code(6, 3, restarts=3).points
+    Q = np.linalg.qr(RNG.standard_normal((3, 3)))[0]
+    perm = RNG.permutation(6)
+    assert code_distance(2 * Q @ C[perm].T, C) < 1e-8
+    assert numerical_rank(np.diag([1, 0.2, 0.01])) == 2 and numerical_rank(np.diag([1, 0.2, 0.01]), tol=1e-3) == 3
+
+
+# -- norm efficiency ----------------------------------------------------------------------------------------------
+def test_factorization_cost_and_margin_by_explicit_factors():
+    Z = code_logits(softmax_code(5, 2, restarts=2).points)
+    for L in (1, 2, 4):
+        F = balanced_factors(Z, L)
+        prod = F[0]
+        for W in F[1:]:
+            prod = W @ prod
+        assert np.allclose(prod, Z)
+        cost = sum((f**2).sum() for f in F)
+        assert abs(cost - factorization_cost(Z, L)) < 1e-9
+        # scale the factors to total squared norm B and read the margin off the product
+        B = 3.0
+        c = math.sqrt(B / cost)
+        scaled = F[0] * c
+        for W in F[1:]:
+            scaled = (c * W) @ scaled
+        assert abs(class_margin(scaled) - margin_at_norm(Z, L, B)) < 1e-9 * margin_at_norm(Z, L, B)
+    # factor costs are a minimum: random rotations between factors never beat the balanced SVD split
+    assert factorization_cost(Z, 1) <= sum((f**2).sum() for f in [np.eye(5) @ Z, np.eye(5)]) + 1e-12
+
+
+def test_rank2_closed_form_and_depth1_nuclear_norm():
+    K = 8
+    for L in (1, 3, 6):
+        t = compare_geometries(K, L, ranks=[2], restarts=2)
+        gamma2 = (1 - math.cos(2 * math.pi / K)) / (2 ** ((L + 1) / 2) * (K / 2) / 1) / (L + 1) ** ((L + 1) / 2)
+        etf = (K - 1) ** (-(L + 1) / 2) / (L + 1) ** ((L + 1) / 2)
+        assert abs(t.codes[2] - gamma2) < 1e-9 * gamma2 and abs(t.etf - etf) < 1e-12
+    # Depth 1: the ETF is the max-margin geometry (nuclear-norm program, solved independently by cvxpy).
+    cp = pytest.importorskip("cvxpy")
+    K = 5
+    Z = cp.Variable((K, K))
+    cons = [Z[k, k] - Z[j, k] >= 1 for k in range(K) for j in range(K) if j != k]
+    val = cp.Problem(cp.Minimize(cp.normNuc(Z)), cons).solve()
+    assert abs(val - (K - 1)) < 1e-4
+    t = compare_geometries(K, 1, restarts=2)
+    assert t.best_rank == K - 1 and max(t.codes.values()) < t.etf
+    # margin at budget 2*nuc = 1 for the cvxpy optimum as well
+    assert abs(margin_at_norm(Z.value, 1, 2 * val) - 1) < 1e-3
+
+
+def test_overtaking_depth():
+    L, tables = overtaking_depth(4, ranks=[2], restarts=2)
+    assert L == 3 and tables[-1].best_rank == 2 and tables[0].best_rank == 3
+
+
+# -- stepping -----------------------------------------------------------------------------------------------------
+def _small(L=3, std=0.3, batch=2, K=4, d=6):
+    m = DeepUFM.random(num_classes=K, num_samples=K, dim=d, depth=L, batch=batch, init_std=std)
+    return m, CrossEntropy(np.arange(K), K)
+
+
+def test_tangent_logits_matches_finite_difference():
+    m, loss = _small()
+    chain = m.forward_chain()
+    G, ls = loss.scaled_gradient(chain[-1])
+    grads = m.backward(chain, G)
+    T = tangent_logits(m, chain, grads)
+    eps = 1e-6
+    m2 = m.clone()
+    for F, g in zip(m2.factors, grads):
+        F.sub_(eps * g)
+    fd = (m2.logits() - chain[-1]) / eps
+    assert torch.allclose(T, fd, atol=1e-5 * float(T.abs().max()))
+
+
+def _run_until_norm(sim, target, max_steps):
+    out = [None] * sim.model.batch
+    with torch.no_grad():
+        for _ in range(max_steps):
+            Z = sim.model.logits()
+            nz = torch.linalg.matrix_norm(Z)
+            for b in range(len(out)):
+                if out[b] is None and nz[b] >= target:
+                    out[b] = Z[b].numpy().copy()
+            if all(o is not None for o in out):
+                return out
+            sim.update()
+    raise AssertionError("did not reach the target norm")
+
+
+def test_path_stepping_follows_small_step_gd():
+    """The adaptive step reaches the same solution as plain small-step GD (compared at equal logit norm)."""
+    m, loss = _small()
+    gd = _run_until_norm(Simulator(m.clone(), loss, OptimizerConfig("gd", lr=1e-3)), 8.0, 4000)
+    path = _run_until_norm(PathSimulator(m.clone(), loss, eta=0.005), 8.0, 4000)
+    coarse = _run_until_norm(PathSimulator(m.clone(), loss, eta=0.02), 8.0, 4000)
+    for a, b, c in zip(path, gd, coarse):
+        assert normalized_distance(a, b) < 0.02
+        assert normalized_distance(a, b) < normalized_distance(c, b) + 1e-3  # error shrinks with eta
+        assert abs(effective_rank(a) - effective_rank(b)) < 0.05
+
+
+def test_path_stepping_runs_at_depth_where_gd_diverges():
+    m, loss = _small(L=8, std=0.5, K=5, d=8)
+    gd = Simulator(m.clone(), loss, OptimizerConfig("gd", lr=0.5))
+    with torch.no_grad():
+        for _ in range(30):
+            gd.update()
+    assert not torch.isfinite(gd.model.logits()).all() or torch.linalg.matrix_norm(gd.model.logits()).max() > 1e8
+    path = PathSimulator(m.clone(), loss, eta=0.01)
+    with torch.no_grad():
+        for _ in range(800):
+            path.update()
+    Z = path.model.logits()
+    assert torch.isfinite(Z).all()
+    assert float(loss.log_loss(Z).max()) < math.log(1e-3)
+    # frozen runs do not move
+    path.active = torch.tensor([False, True])
+    before = [F.clone() for F in path.model.factors]
+    with torch.no_grad():
+        path.update()
+    assert all(torch.equal(F[0], F0[0]) for F, F0 in zip(path.model.factors, before))
+
+
+# -- experiment -----------------------------------------------------------------------------------------------------
+def _small_config(**kw):
+    from implicit_geometry.experiments.depth import DepthConfig
+
+    base = dict(classes=4, samples_per_class=2, dims=[8], depths=[1, 3], init_std=0.1, seeds=2, max_steps=3000,
+                target_margin=5.0, device="cpu")
+    base.update(kw)
+    return DepthConfig(**base)
+
+
+def test_depth_experiment_run_and_resume(tmp_path):
+    from implicit_geometry.experiments.depth import DepthRun, run_depth
+
+    s = run_depth(_small_config(), tmp_path / "a", progress=False)
+    folder = tmp_path / "a"
+    for name in ("config.json", "history.csv", "summary.json", "final.npz", "figures/rank_vs_depth.png", "figures/singular_values.png"):
+        assert (folder / name).exists(), name
+    assert "NaN" not in (folder / "summary.json").read_text()
+    rows = {r["depth"]: r for r in s["table"]}
+    assert rows[1]["terminal_runs"] == 2 and abs(rows[1]["effective_rank_mean"] - 3) < 0.2  # depth 1: ETF, rank K-1
+    for r in s["runs"]:
+        assert r["terminal"] and r["min_margin"] >= 5.0 and 0 <= r["init_dz_etf_distance"] <= 2
+    # interrupted mid-cell (checkpoint after a short time budget), then resumed: same numbers
+    cfg = _small_config()
+    cfg.validate()
+    (tmp_path / "b").mkdir()
+    from implicit_geometry.io import write_json
+
+    write_json(tmp_path / "b" / "config.json", cfg.to_dict())
+    run = DepthRun(cfg, tmp_path / "b")
+    run.cell = __import__("implicit_geometry.experiments.depth", fromlist=["_Cell"])._Cell(run, 8, 1)
+
+    class _Stop:
+        requested = False
+
+    class _Bar:
+        def update(self, n):
+            pass
+
+    import time as _t
+
+    assert run.cell.train(_Stop(), _t.perf_counter() - 1, _Bar()) is False  # stopped before finishing
+    for _ in range(5):
+        run.cell.sim.update()
+    run.save_checkpoint()
+    s2 = run_depth(resume=tmp_path / "b", progress=False)
+    a = [(r["effective_rank"], r["steps"], r["min_margin"]) for r in s["runs"]]
+    b = [(r["effective_rank"], r["steps"], r["min_margin"]) for r in s2["runs"]]
+    assert a and a == b
+
+
+def test_depth_flags_non_terminal_runs(tmp_path):
+    from implicit_geometry.experiments.depth import run_depth
+
+    s = run_depth(_small_config(depths=[3], max_steps=5), tmp_path / "c", progress=False)
+    assert s["table"][0]["terminal_runs"] == 0 and s["table"][0]["effective_rank_mean"] is None
+    assert any("NOT in the terminal phase" in line for line in s["verdict"])
+
+
+def test_depth_cli_errors_and_run(tmp_path):
+    from implicit_geometry.cli import main
+
+    import subprocess
+    import sys
+
+    from implicit_geometry.experiments.depth_cli import _int_list
+
+    assert _int_list("depths", "1..3,5") == [1, 2, 3, 5]
+    with pytest.raises(InvalidParameterError, match="dims must be comma-separated integers"):
+        _int_list("dims", "a,b")
+    r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", "run", "depth", "--depths", "0..2", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "depth must be an integer >= 1 (got 0)" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["run", "depth", "--classes", "4", "--n", "1", "--dims", "6", "--depths", "1", "--init-std", "0.1",
+                                  "--target-margin", "3", "--quiet", "--json", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["table"][0]["terminal_runs"] == 1

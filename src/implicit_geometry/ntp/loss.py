@@ -70,6 +70,13 @@ class SoftLabelCrossEntropy:
         return torch.log(self.loss(Z))
 
     def excess(self, Z: torch.Tensor) -> torch.Tensor:
-        """``CE - entropy = sum_j pi_j KL(p_j || softmax(z_j))`` per run, computed directly (no cancellation)."""
-        lq = self.log_softmax(Z)
-        return (self.pi * torch.where(self.support, self.P * (self.logP - lq), torch.zeros_like(lq)).sum(-2)).sum(-1)
+        """``CE - entropy = sum_j pi_j KL(p_j || softmax(z_j))`` per run, as a sum of two non-negative terms with no
+        cancellation against the entropy: the KL to the softmax restricted to the support, plus
+        ``log(1 + out/in)`` for the out-of-support mass."""
+        neg = torch.tensor(-torch.inf, dtype=Z.dtype, device=Z.device)
+        lse_in = torch.logsumexp(torch.where(self.support, Z, neg), dim=-2)
+        lse_out = torch.logsumexp(torch.where(self.support, neg, Z), dim=-2)
+        lqS = Z - lse_in[..., None, :]
+        kl_in = torch.where(self.support, self.P * (self.logP - lqS), torch.zeros_like(Z)).sum(-2).clamp_min(0.0)
+        spill = torch.nn.functional.softplus(lse_out - lse_in)  # log(1 + out/in); softplus(-inf) = 0
+        return (self.pi * (kl_in + spill)).sum(-1)

@@ -32,9 +32,9 @@ def split_logits(L: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.nda
     """Decompose logits L (m x V) into the F component (centered on each support, 0 elsewhere) and the orthogonal
     component with rows centered (softmax ignores a constant per row), which converges in direction to ``L_mm``.
 
-    >>> F, O = split_logits(np.array([[3.0, 1.0, -2.0]]), np.array([[1, 1, 0]]))
+    >>> F, O = split_logits(np.array([[3.0, 1.0, -1.0]]), np.array([[1, 1, 0]]))
     >>> F.tolist(), O.tolist()
-    [[1.0, -1.0, 0.0]], [[1.0, 1.0, -2.0]]
+    ([[1.0, -1.0, 0.0]], [[1.0, 1.0, -2.0]])
     """
     S = np.asarray(support) != 0
     L = np.asarray(L, dtype=np.float64)

@@ -6,4 +6,5 @@ when their command is used.
 
 EXPERIMENTS: dict[str, str] = {
     "seli": "implicit_geometry.experiments.seli_cli",
+    "ntp": "implicit_geometry.experiments.ntp_cli",
 }

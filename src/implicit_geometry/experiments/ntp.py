@@ -46,8 +46,8 @@ class NtpConfig:
     batch_size: int = 256
     lr: float = 3e-3
     measure_contexts: int = 300
-    bilinear_steps: int = 20000
-    bilinear_direction_steps: int = 5000
+    bilinear_steps: int = 6000
+    bilinear_direction_steps: int = 5800
     seeds: int = 1
     first_seed: int = 0
     records: int = 30
@@ -161,7 +161,7 @@ class NtpRun:
         loss.backward()
         self.opt.step()
         self.step += 1
-        return float(loss)
+        return float(loss.detach())
 
     def full_loss(self) -> float:
         """Expected NTP loss over all distinct contexts (exact, in chunks)."""

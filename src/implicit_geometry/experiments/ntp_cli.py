@@ -20,7 +20,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--measure-contexts", type=int, default=300, show_default=True, help="Most frequent contexts whose Gram is measured.")
-@click.option("--bilinear-steps", type=int, default=20000, show_default=True, help="Log-bilinear model steps (0 skips it).")
+@click.option("--bilinear-steps", type=int, default=6000, show_default=True, help="Log-bilinear model steps (0 skips it).")
 @click.option("--records", type=int, default=30, show_default=True)
 @common_run_options
 def command(corpus, data_dir, tokenizer, context, max_chars, dim, layers, heads, steps, batch_size, lr, measure_contexts,
@@ -33,5 +33,5 @@ def command(corpus, data_dir, tokenizer, context, max_chars, dim, layers, heads,
         return
     config = NtpConfig(corpus=corpus, data_dir=data_dir, tokenizer=tokenizer, context=context, max_chars=max_chars, dim=dim,
                        layers=layers, heads=heads, steps=steps, batch_size=batch_size, lr=lr, measure_contexts=measure_contexts,
-                       bilinear_steps=bilinear_steps, records=records, seeds=seeds, first_seed=first_seed, device=device)
+                       bilinear_steps=bilinear_steps, bilinear_direction_steps=max(0, bilinear_steps - 200), records=records, seeds=seeds, first_seed=first_seed, device=device)
     emit_summary(run_ntp(config, out, progress=not quiet), as_json)

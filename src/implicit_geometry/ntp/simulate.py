@@ -12,7 +12,11 @@ largest gain of the bilinear map, so the induced logit change has the intended s
 - F part: gradient descent with step ``lr`` (converges linearly to ``L*``);
 - F-perp part: a normalized step of logit length ``perp_lr`` during the first ``direction_steps`` steps (so the
   max-margin component grows linearly and its direction converges like 1/t), then 0: once the margin is large, the
-  direction no longer moves, and the F part settles on ``L*`` without being disturbed by further growth.
+  direction no longer moves.
+- After ``direction_steps``, the F part is finished by Gauss-Newton steps in log-odds (``finite_lr`` times the
+  centered in-support error ``log q - log p``, realized as an exact logit change through least squares on H, then
+  W): gradient steps crawl there, because at a large margin the bilinear map is badly conditioned in the F
+  directions (measured: log-odds error still 9e-3 after 20000 further gradient steps).
 """
 
 from __future__ import annotations
@@ -101,13 +105,19 @@ class LogBilinearNTP:
         EF, Ep, _ = self.parts(Z)
         perp = c.perp_lr if self.step < c.direction_steps else 0.0
         if perp == 0 or c.perp_lr == 0:
-            # Second phase: the F error in log-odds (a Fisher-preconditioned step: softmax's curvature p(1-p) is
-            # tiny for rare tokens, and plain gradient steps crawl there).
+            # Second phase: Gauss-Newton in log-odds. The F error measured as log q - log p on each support is
+            # realized as an exact logit change (least squares through H, then the unreachable rest through W).
             S = self._S > 0
             lq = torch.where(S, Z - torch.logsumexp(torch.where(S, Z, -torch.inf), dim=-2, keepdim=True), 0.0)
             r = self._S * (lq - self.loss.logP)
-            EF = self._S * (r - r.sum(-2, keepdim=True) / self._size)
-        D = (c.lr if perp > 0 else c.finite_lr) * EF
+            D = c.finite_lr * self._S * (r - r.sum(-2, keepdim=True) / self._size)
+            dH = torch.linalg.pinv(W, rtol=1e-12) @ D
+            H.sub_(dH)
+            R = D - W @ dH
+            W.sub_(R @ torch.linalg.pinv(H, rtol=1e-12))
+            self.step += 1
+            return
+        D = c.lr * EF
         if perp > 0:
             n = torch.linalg.vector_norm(Ep, dim=(-2, -1)).clamp_min(1e-300)
             D = D + perp * Ep / n[:, None, None]

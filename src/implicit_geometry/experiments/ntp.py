@@ -131,7 +131,7 @@ class NtpRun:
         evals, evecs = np.linalg.eigh(self.geometry.W_gram)
         self.directions = evecs[:, ::-1][:, :5].T.copy()
         torch.manual_seed(c.first_seed)
-        self.net = CausalTransformer(self.stats.vocab_size, self.T, c.dim, c.layers, c.heads).to(self.device).double()
+        self.net = CausalTransformer(self.stats.vocab_size, self.T, c.dim, c.layers, c.heads).to(self.device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=0.0)
         self.gen = torch.Generator().manual_seed(c.first_seed + 1)
         self.step = 0

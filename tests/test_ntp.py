@@ -224,3 +224,44 @@ def test_cli_stats_and_errors(tmp_path, capsys):
     assert code == 2 and err.startswith("igeom: error:") and "Traceback" not in err
     code, out, err = _cli(capsys, "run", "ntp", "--corpus", str(tmp_path / "missing.txt"), "--quiet")
     assert code == 2 and "corpus must be" in err
+
+
+def test_experiment_interrupt_and_resume_give_same_numbers(tmp_path, monkeypatch):
+    import contextlib
+
+    import implicit_geometry.experiments.ntp as ntp_exp
+    from implicit_geometry.experiments.base import Interrupted
+    from implicit_geometry.experiments.ntp import NtpConfig, run_ntp
+
+    cfg = dict(steps=30, bilinear_steps=0, dim=8, layers=1, heads=2, synthetic_length=2000, records=4, device="cpu", batch_size=32)
+    full = run_ntp(NtpConfig(**cfg), tmp_path / "a", progress=False)
+
+    class Flag:
+        calls = 0
+
+        @property
+        def requested(self):
+            Flag.calls += 1
+            return Flag.calls > 12
+
+    @contextlib.contextmanager
+    def fake():
+        yield Flag()
+
+    monkeypatch.setattr(ntp_exp, "interruptible", fake)
+    with pytest.raises(Interrupted):
+        run_ntp(NtpConfig(**cfg), tmp_path / "b", progress=False)
+    monkeypatch.undo()
+    resumed = run_ntp(resume=tmp_path / "b", progress=False)
+    for key in ("dist_W_gram", "dist_context_gram", "final_loss"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9)
+
+
+def test_separability_checks():
+    from implicit_geometry.ntp.predict import separability
+
+    st = planted_supports(3, 2, 8, [2, 3, 2], seed=4).stats
+    big = separability(st, 50)
+    assert big["compatible"] and big["separable"] and big["compatible_and_separable"]
+    small = separability(st, 1)
+    assert not small["compatible_and_separable"] and small["rank_L_mm"] > 1

@@ -136,9 +136,9 @@ def bar_shakespeare() -> None:
 
     from implicit_geometry.experiments.ntp import NtpConfig, run_ntp
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # a tiny model: a second thread costs more in contention than it gives
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = NtpConfig(corpus="shakespeare", context=8, max_chars=200000, steps=1500, dim=64, layers=2, heads=4,
+        cfg = NtpConfig(corpus="shakespeare", context=8, max_chars=200000, steps=1200, batch_size=128, dim=64, layers=2, heads=4,
                         bilinear_steps=0, device="cpu", records=12)
         t = time.perf_counter()
         s = run_ntp(cfg, f"{tmp}/run", progress=False)

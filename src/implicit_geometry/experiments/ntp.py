@@ -122,7 +122,8 @@ class NtpRun:
         self.ids = torch.as_tensor(ids.astype(np.int64))
         self.T = c.context_length
         t0 = time.perf_counter()
-        self.geometry, self.control = prediction_with_control(self.stats, seed=c.first_seed)
+        # ADMM to 1e-7 relative residuals, at most a minute: Gram distances are compared at the 1e-2 level.
+        self.geometry, self.control = prediction_with_control(self.stats, seed=c.first_seed, tol=1e-7, time_limit=60.0)
         self.predict_seconds = time.perf_counter() - t0
         order = np.argsort(-self.stats.counts, kind="stable")
         self.rows = np.sort(order[: min(c.measure_contexts, self.stats.num_contexts)])

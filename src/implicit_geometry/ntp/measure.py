@@ -82,5 +82,6 @@ def direction_alignment(W: Any, directions: np.ndarray) -> np.ndarray:
     return ((directions @ Wc) ** 2).sum(axis=1) / (Wc**2).sum()
 
 
-def prediction_with_control(stats: CorpusStats, seed: int = 0) -> tuple[NTPGeometry, NTPGeometry]:
-    return predict_geometry(stats), predict_geometry(shuffled_support_stats(stats, seed))
+def prediction_with_control(stats: CorpusStats, seed: int = 0, **svm_options: Any) -> tuple[NTPGeometry, NTPGeometry]:
+    """The prediction for a corpus and for its shuffled-support control (``svm_options`` go to ``ntp_svm``)."""
+    return predict_geometry(stats, **svm_options), predict_geometry(shuffled_support_stats(stats, seed), **svm_options)

@@ -36,7 +36,7 @@ class NtpConfig:
     corpus: str = "synthetic"  # synthetic | shakespeare | path of a text file
     data_dir: str = "data/shakespeare"
     tokenizer: str = "char"
-    context: int = 0  # 0: 8 for text, 2 for the synthetic corpus
+    context: int = 0  # 0: 3 for text, 2 for the synthetic corpus
     max_chars: int = 200000
     synthetic_length: int = 30000
     dim: int = 64
@@ -81,7 +81,7 @@ class NtpConfig:
 
     @property
     def context_length(self) -> int:
-        return self.context or (2 if self.corpus == "synthetic" else 8)
+        return self.context or (2 if self.corpus == "synthetic" else 3)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--corpus", default="synthetic", show_default=True, help="synthetic, shakespeare (see `igeom ntp fetch-shakespeare`) or a text file.")
 @click.option("--data-dir", default="data/shakespeare", show_default=True, help="Folder of the Shakespeare texts.")
 @click.option("--tokenizer", default="char", show_default=True, help="char or word.")
-@click.option("--context", type=int, default=0, show_default=True, help="Context length T (0: 8 for text, 2 for synthetic).")
+@click.option("--context", type=int, default=0, show_default=True, help="Context length T (0: 3 for text, 2 for synthetic; at T=8 most contexts occur once and a small model stays far from the entropy).")
 @click.option("--max-chars", type=int, default=200000, show_default=True, help="Characters of text used.")
 @click.option("--dim", type=int, default=64, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True)

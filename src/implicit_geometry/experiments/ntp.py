@@ -42,8 +42,8 @@ class NtpConfig:
     dim: int = 64
     layers: int = 2
     heads: int = 4
-    steps: int = 1500
-    batch_size: int = 256
+    steps: int = 1200
+    batch_size: int = 128
     lr: float = 3e-3
     measure_contexts: int = 300
     bilinear_steps: int = 6000

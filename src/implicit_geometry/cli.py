@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -11,48 +12,53 @@ import click
 from implicit_geometry._validation import InvalidParameterError
 
 
-class ExperimentGroup(click.Group):
-    """``igeom run NAME``: commands come from the experiment registry and are imported on first use."""
+def _load_command(spec: str) -> click.Command:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr or "command")
+
+
+class RegistryGroup(click.Group):
+    """A click group whose subcommands also come from a registry (name -> "module[:attribute]", attribute
+    ``command`` by default), imported only when used so that ``igeom --help`` stays fast."""
+
+    def __init__(self, *args: Any, registry: Callable[[], dict[str, str]] = dict, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry = registry
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from implicit_geometry.experiments import EXPERIMENTS
-
-        return sorted(EXPERIMENTS)
+        return sorted(set(super().list_commands(ctx)) | set(self.registry()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from implicit_geometry.experiments import EXPERIMENTS
-
-        if name not in EXPERIMENTS:
-            return None
-        return importlib.import_module(EXPERIMENTS[name]).command
+        spec = self.registry().get(name)
+        return _load_command(spec) if spec else super().get_command(ctx, name)
 
 
-# Top-level command groups contributed by the faces of the toolkit, imported on first use:
-# name -> "module:attribute" of a click command or group.
+# Top-level commands contributed by the faces of the toolkit: name -> "module:attribute".
 COMMANDS: dict[str, str] = {
     "sweep": "implicit_geometry.sweep.cli:command",
     "report": "implicit_geometry.report.html_cli:command",
+    "ntp": "implicit_geometry.ntp.cli:ntp",
+}
+
+# Subcommands of ``igeom predict``: name -> "module:attribute".
+PREDICTIONS: dict[str, str] = {
+    "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+def _experiments() -> dict[str, str]:
+    from implicit_geometry.experiments import EXPERIMENTS
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in COMMANDS:
-            module, attr = COMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
+    return EXPERIMENTS
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RegistryGroup, registry=lambda: COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="implicit-geometry")
 def main() -> None:
     """implicit-geometry: predict, simulate and measure the geometry that training gives to representations."""
 
 
-@main.group(cls=ExperimentGroup)
+@main.group(cls=RegistryGroup, registry=_experiments)
 def run() -> None:
     """Run an experiment (writes a run folder with config, history, summary, final factors and figures)."""
 
@@ -76,24 +82,7 @@ def demo(out: str | None, quiet: bool) -> None:
         click.echo(line)
 
 
-# Subcommands of ``igeom predict`` contributed by the faces, imported on first use: name -> "module:attribute".
-PREDICTIONS: dict[str, str] = {
-    "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
-}
-
-
-class PredictGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(PREDICTIONS))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in PREDICTIONS:
-            module, attr = PREDICTIONS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
-
-
-@main.group(cls=PredictGroup)
+@main.group(cls=RegistryGroup, registry=lambda: PREDICTIONS)
 def predict() -> None:
     """Closed-form predictions from data statistics (no training)."""
 

@@ -9,4 +9,5 @@ EXPERIMENTS: dict[str, str] = {
     "hadamard": "implicit_geometry.experiments.hadamard_cli",
     "imbalance": "implicit_geometry.experiments.imbalance_cli",
     "depth": "implicit_geometry.experiments.depth_cli",
+    "ntp": "implicit_geometry.experiments.ntp_cli",
 }

@@ -1,0 +1,386 @@
+"""The geometry predicted from the support pattern: ``L*``, the NTP-SVM ``L_mm``, Grams and subspace collapse.
+
+Implicit bias of next-token prediction (theory.md section 6): the logits go as ``L(t) ~ L* + rho(t) L_mm`` with
+
+- ``L*`` (in F): on each support, the log-odds ``log p_jz - mean_{z' in S_j} log p_jz'``; 0 off the support;
+- ``L_mm = argmin ||L||_*`` s.t. ``L[j,z] = L[j,z']`` (z, z' in S_j), ``L[j,z] - L[j,v] >= 1`` (v not in S_j).
+
+The NTP-SVM solver (:func:`ntp_svm`) uses three facts, each checked in the tests against cvxpy:
+
+1. Rows of contexts with equal supports can be taken equal (average a solution over permutations of such rows:
+   feasible, no larger norm), and ``L = P X`` with P the m x g group indicator gives
+   ``||L||_* = ||diag(sqrt(mult)) X||_*``: the problem lives on the g distinct supports, rows weighted by sqrt of
+   their multiplicity.
+2. Centering rows (``X -> X (I - 11^T/V)``) keeps feasibility and does not increase the nuclear norm, so every
+   centered feasible X is ``(S - Sigma)(I - 11^T/V)`` for a slack ``Sigma >= 0`` supported off the support.
+   ``Sigma = 0`` is the centered support matrix (always feasible); the problem is a non-negative program in Sigma.
+3. Optimality of ``Sigma = 0`` has a certificate: with ``Q = U V^T`` the polar factor of ``D S_c``, it is optimal
+   iff ``Q <= 0`` off the support (KKT). Otherwise ADMM on ``Y = D (S - Sigma) P`` solves it, with singular value
+   thresholding through the g x g or V x V Gram (whichever is smaller) and an exact per-row projection.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from implicit_geometry._validation import InvalidParameterError, check_float, check_int
+from implicit_geometry.ntp.corpus import CorpusStats, support_groups
+
+
+def sparse_logits(stats: CorpusStats) -> sp.csr_matrix:
+    """The min-norm finite component ``L*`` (m x V sparse): centered log-probabilities on each support.
+
+    >>> from implicit_geometry.ntp.corpus import stats_from_distributions
+    >>> L = sparse_logits(stats_from_distributions([[0.5, 0.25, 0.25, 0.0]])).toarray()
+    >>> bool(abs(L[0, 0] - L[0, 1] - np.log(2)) < 1e-12), float(L[0, 3])
+    (True, 0.0)
+    """
+    P = stats.probabilities
+    L = P.copy()
+    logp = np.log(P.data)
+    rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
+    sums = np.bincount(rows, weights=logp, minlength=P.shape[0])
+    sizes = np.diff(P.indptr)
+    L.data = logp - (sums / sizes)[rows]
+    return L
+
+
+def _dense01(S: Any) -> np.ndarray:
+    S = S.toarray() if sp.issparse(S) else np.asarray(S)
+    S = (np.asarray(S, dtype=np.float64) != 0).astype(np.float64)
+    return S
+
+
+def centered(A: np.ndarray) -> np.ndarray:
+    """Rows centered: ``A (I - 11^T/V)``."""
+    return A - A.mean(axis=1, keepdims=True)
+
+
+def _check_support(S: np.ndarray) -> None:
+    sizes = S.sum(axis=1)
+    if S.ndim != 2 or S.shape[0] == 0 or S.shape[1] < 2:
+        raise InvalidParameterError(f"support must be a non-empty m x V matrix with V >= 2 (got shape {S.shape})")
+    if np.any(sizes == 0):
+        raise InvalidParameterError("support must have at least one token in every row (got an empty row)")
+
+
+def _svd_via_gram(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``M = U diag(s) Vt`` of a tall or wide matrix through the eigendecomposition of the smaller Gram
+    (its cost is that of two matrix products plus a small eigh). Singular values below ~1e-7 relative are
+    dropped: their singular vectors are not resolved by the Gram, and they are zero in every use here."""
+    tall = M.shape[0] >= M.shape[1]
+    G = M.T @ M if tall else M @ M.T
+    evals, evecs = np.linalg.eigh(G)
+    keep = evals > max(evals[-1], 0.0) * 1e-14
+    evals, evecs = evals[keep][::-1], evecs[:, keep][:, ::-1]
+    s = np.sqrt(evals)
+    if tall:
+        return (M @ evecs) / s, s, evecs.T
+    return evecs, s, (evecs.T @ M) / s[:, None]
+
+
+def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if min(M.shape) >= 150 or max(M.shape) >= 2000:  # LAPACK SVD is ~10x slower than Gram + eigh here (and loses more to threads)
+        return _svd_via_gram(M)
+    U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    keep = s > (s[0] if s.size else 0) * 1e-12
+    return U[:, keep], s[keep], Vt[keep]
+
+
+def nuclear_norm(A: np.ndarray) -> float:
+    return float(np.linalg.svd(A, compute_uv=False).sum())
+
+
+def _project_rows(C: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Per row, ``argmin_{sigma >= 0, sigma = 0 on the support} ||P sigma - c||^2`` with c centered:
+    ``sigma_v = max(0, c_v + mu)`` off the support with ``V mu = sum_v sigma_v`` (unique, found by sorting)."""
+    m, V = C.shape
+    c = np.where(off, C, -np.inf)
+    srt = -np.sort(-c, axis=1)  # descending; support entries (-inf) last
+    finite = np.isfinite(srt)
+    csum = np.cumsum(np.where(finite, srt, 0.0), axis=1)
+    k = np.arange(1, V + 1)
+    # mu_k when the k largest are active: sum of them / (V - k); the first k whose next entry stays inactive.
+    mu_k = np.concatenate([np.zeros((m, 1)), csum[:, :-1] / (V - k[:-1])], axis=1)  # mu for k = 0..V-1 active
+    nxt = srt  # entry k (0-based) is the (k+1)-th largest
+    ok = ~(nxt + mu_k > 0)  # inactive next entry (also true for -inf)
+    first = ok.argmax(axis=1)
+    mu = mu_k[np.arange(m), first]
+    return np.where(off, np.maximum(0.0, C + mu[:, None]), 0.0)
+
+
+@dataclass
+class SVMResult:
+    """Solution of the NTP-SVM on the distinct supports.
+
+    Attributes:
+        X: g x V solution rows (one per distinct support, rows centered); ``L_mm = X[group]``.
+        supports: g x V 0/1 distinct supports; ``multiplicity`` (g,) how many contexts share each.
+        objective: ``||diag(sqrt(mult)) X||_*`` = ``||L_mm||_*`` over all contexts.
+        centered_objective: the same for the centered support matrix.
+        centered_distance: normalized distance between L_mm and the centered support matrix.
+        certified: True when optimality was certified by the KKT check (then the solution is exact).
+        max_certificate_violation: largest positive off-support entry of the polar factor at the solution (0 at an
+            exact optimum that is the centered support matrix).
+    """
+
+    X: np.ndarray
+    supports: np.ndarray
+    multiplicity: np.ndarray
+    group: np.ndarray
+    objective: float
+    centered_objective: float
+    centered_distance: float
+    certified: bool
+    iterations: int
+    seconds: float
+    residual: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def L(self) -> np.ndarray:
+        """L_mm over all contexts (m x V)."""
+        return self.X[self.group]
+
+
+def ntp_svm(
+    support: Any,
+    multiplicity: Any | None = None,
+    *,
+    tol: float = 1e-9,
+    max_iter: int = 20000,
+    time_limit: float | None = None,
+) -> SVMResult:
+    """Solve the NTP-SVM ``min ||L||_*`` s.t. equal logits on each support and margin 1 to every other token.
+
+    Args:
+        support: m x V 0/1 support matrix (dense or sparse). Rows with equal supports are merged.
+        multiplicity: optional per-row positive integer weights (a row standing for that many contexts).
+        tol: stopping tolerance of ADMM (relative primal and dual residuals).
+
+    >>> res = ntp_svm(np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]]))
+    >>> res.certified, round(res.objective, 6), res.multiplicity.tolist()
+    (True, 1.906041, [2.0, 1.0])
+    """
+    t0 = time.perf_counter()
+    tol = check_float("tol", tol, minimum=0.0, strict_min=True)
+    max_iter = check_int("max_iter", max_iter, minimum=1)
+    Sfull = sp.csr_matrix(support)
+    Sfull.data[:] = 1.0
+    Sfull.eliminate_zeros()
+    group, mult = support_groups(Sfull)
+    if multiplicity is not None:
+        w = np.asarray(multiplicity, dtype=np.float64).reshape(-1)
+        if w.size != Sfull.shape[0] or np.any(w <= 0):
+            raise InvalidParameterError(f"multiplicity must be {Sfull.shape[0]} positive numbers (got {w.size})")
+        mult_w = np.bincount(group, weights=w, minlength=mult.size)
+    else:
+        mult_w = mult.astype(np.float64)
+    first = np.zeros(mult.size, dtype=np.int64)
+    first[group[::-1]] = np.arange(group.size)[::-1]
+    S = _dense01(Sfull[first])
+    _check_support(S)
+    g, V = S.shape
+    d = np.sqrt(mult_w)[:, None]
+    off = S == 0
+    Sc = centered(S)
+    U, s, Vt = _svd(d * Sc)
+    centered_obj = float(s.sum())
+    Q = U @ Vt
+    viol = float(np.max(np.where(off, Q, -np.inf), initial=-np.inf))
+    info: dict[str, Any] = {"centered_certificate_violation": max(viol, 0.0), "rank_centered": int(s.size)}
+    if viol <= 1e-10 * max(1.0, float(np.abs(Q).max())):
+        return SVMResult(Sc, S, mult_w, group, centered_obj, centered_obj, 0.0, True, 0, time.perf_counter() - t0, 0.0, info)
+
+    # ADMM on  min ||Y||_*  s.t.  Y = D (S - Sigma) P,  Sigma >= 0 off the support (scaled form, residual balancing).
+    def A(Sig: np.ndarray) -> np.ndarray:
+        return d * centered(S - Sig)
+
+    Sig = np.zeros_like(S)
+    AS = A(Sig)
+    Uu = np.zeros_like(S)
+    rho = 1.0 / max(1.0, float(s[0]))
+    it, r_norm = 0, math.inf
+    best = (centered_obj, Sig.copy())
+    for it in range(1, max_iter + 1):
+        Mk = AS - Uu
+        Uk, sk, Vk = _svd(Mk)
+        shrink = np.maximum(sk - 1.0 / rho, 0.0)
+        nz = shrink > 0
+        Y = (Uk[:, nz] * shrink[nz]) @ Vk[nz]
+        T = (Y + Uu) / d
+        Sig = _project_rows(centered(S) - centered(T), off)
+        AS_new = A(Sig)
+        r = Y - AS_new
+        Uu += r
+        r_norm = float(np.linalg.norm(r))
+        s_norm = rho * float(np.linalg.norm(AS_new - AS))
+        AS = AS_new
+        scale = max(float(np.linalg.norm(Y)), float(np.linalg.norm(AS)), 1.0)
+        if it % 10 == 0 or it == max_iter:
+            obj = float(_svd(AS)[1].sum())
+            if obj < best[0]:
+                best = (obj, Sig.copy())
+        if r_norm <= tol * scale and s_norm <= tol * max(float(np.linalg.norm(rho * Uu)), 1.0):
+            break
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            break
+        # Residual balancing keeps both residuals shrinking together (Boyd et al. 2011, section 3.4.1).
+        if r_norm > 10 * s_norm:
+            rho *= 2.0
+            Uu /= 2.0
+        elif s_norm > 10 * r_norm:
+            rho /= 2.0
+            Uu *= 2.0
+    obj = float(_svd(AS)[1].sum())
+    if best[0] < obj:
+        obj, Sig = best
+    X = centered(S - Sig)
+    Ux, sx, Vx = _svd(d * X)
+    Qx = Ux @ Vx
+    info["certificate_violation"] = float(max(0.0, np.max(np.where(off & (Sig <= 1e-12), Qx, -np.inf), initial=0.0)))
+    info["slack_entries"] = int((Sig > 1e-9).sum())
+    info["rank"] = int(sx.size)
+    Lfull_dist = _weighted_distance(X, Sc, mult_w)
+    return SVMResult(X, S, mult_w, group, obj, centered_obj, Lfull_dist, False, it, time.perf_counter() - t0, r_norm, info)
+
+
+def _weighted_distance(X: np.ndarray, Y: np.ndarray, mult: np.ndarray) -> float:
+    """Normalized distance between the expanded matrices ``X[group]`` and ``Y[group]`` without expanding them."""
+    w = mult[:, None]
+    nx, ny = math.sqrt(float((w * X**2).sum())), math.sqrt(float((w * Y**2).sum()))
+    return math.sqrt(float((w * (X / nx - Y / ny) ** 2).sum()))
+
+
+def ntp_svm_cvxpy(support: Any, solver: str | None = None) -> tuple[np.ndarray, float]:
+    """Reference: the NTP-SVM over all m contexts as written (no reduction), solved by cvxpy. Returns (L, objective)."""
+    import cvxpy as cp
+
+    S = _dense01(support)
+    _check_support(S)
+    m, V = S.shape
+    L = cp.Variable((m, V))
+    cons = []
+    for j in range(m):
+        sup = np.flatnonzero(S[j])
+        out = np.flatnonzero(S[j] == 0)
+        if sup.size > 1:
+            cons.append(L[j, sup[1:]] == L[j, sup[0]])
+        if out.size:
+            cons.append(L[j, sup[0]] - L[j, out] >= 1)
+    prob = cp.Problem(cp.Minimize(cp.normNuc(L)), cons)
+    kwargs = {"solver": solver} if solver else {}
+    prob.solve(**kwargs)
+    return np.asarray(L.value), float(prob.value)
+
+
+# -- predicted geometry ----------------------------------------------------------------------------------------------
+
+
+def _psd_sqrt_from_svd(U: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return (U * s) @ U.T
+
+
+@dataclass
+class NTPGeometry:
+    """The predicted geometry of a corpus.
+
+    ``W_gram = (L_mm^T L_mm)^{1/2}`` (V x V) is the predicted word-embedding Gram; ``context_gram(rows)`` gives
+    ``(L_mm L_mm^T)^{1/2}`` on chosen contexts; contexts of one support group collapse to one direction.
+    """
+
+    L_star: sp.csr_matrix
+    svm: SVMResult
+    W_gram: np.ndarray
+    group: np.ndarray
+    _U: np.ndarray
+    _s: np.ndarray
+
+    @property
+    def L_mm(self) -> np.ndarray:
+        return self.svm.L
+
+    def context_gram(self, rows: Any | None = None) -> np.ndarray:
+        """``(L_mm L_mm^T)^{1/2}`` restricted to the given contexts (all by default)."""
+        rows = np.arange(self.group.size) if rows is None else np.asarray(rows)
+        g = self.group[rows]
+        d = np.sqrt(self.svm.multiplicity)[g]
+        Ug = self._U[g] / d[:, None]
+        return (Ug * self._s) @ Ug.T
+
+    def context_embeddings(self) -> np.ndarray:
+        """One predicted embedding per distinct support (g x r), normalized so that ``E[group] E[group]^T`` is the
+        context Gram: contexts of a group share it (subspace collapse)."""
+        d = np.sqrt(self.svm.multiplicity)
+        return self._U * np.sqrt(self._s) / d[:, None]
+
+    def summary(self) -> dict[str, Any]:
+        svm = self.svm
+        return {
+            "distinct_supports": int(svm.X.shape[0]),
+            "svm_objective": svm.objective,
+            "centered_support_objective": svm.centered_objective,
+            "centered_support_objective_gap": svm.centered_objective / svm.objective - 1.0,
+            "centered_support_distance": svm.centered_distance,
+            "centered_support_optimal": svm.certified,
+            "svm_iterations": svm.iterations,
+            "svm_seconds": svm.seconds,
+            "rank_L_mm": int(self._s.size),
+            "effective_rank_L_mm": float(np.exp(-(p := self._s / self._s.sum()) @ np.log(p))),
+            "rank_L_star": int(np.linalg.matrix_rank(self.L_star.toarray())) if self.L_star.shape[0] * self.L_star.shape[1] <= 4_000_000 else None,
+        }
+
+
+def predict_geometry(stats: CorpusStats, **svm_options: Any) -> NTPGeometry:
+    """``L*``, ``L_mm`` (NTP-SVM over the distinct supports) and the predicted Grams of a corpus."""
+    svm = ntp_svm(stats.support, **svm_options)
+    d = np.sqrt(svm.multiplicity)[:, None]
+    U, s, Vt = _svd(d * svm.X)
+    W_gram = (Vt.T * s) @ Vt
+    return NTPGeometry(sparse_logits(stats), svm, W_gram, svm.group, U, s)
+
+
+def orthant_clusters(support: Any, k: int = 2) -> np.ndarray:
+    """Cluster words by the sign pattern of their entries in the top-k right singular vectors of the centered
+    support matrix (orthant-based clustering); returns a cluster id per word (ids in order of first word).
+
+    >>> S = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]])
+    >>> orthant_clusters(S, 1).tolist()
+    [0, 0, 1, 1]
+    """
+    S = _dense01(support)
+    k = check_int("k", k, minimum=1, maximum=min(S.shape))
+    _, s, Vt = np.linalg.svd(centered(S), full_matrices=False)
+    signs = Vt[:k] > 1e-12 * np.abs(Vt[:k]).max()
+    keys = [signs[:, v].tobytes() for v in range(S.shape[1])]
+    index: dict[bytes, int] = {}
+    return np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=len(keys))
+
+
+def separability(stats: CorpusStats, dim: int, geometry: NTPGeometry | None = None) -> dict[str, Any]:
+    """NTP-compatibility and NTP-separability of free embeddings of dimension ``dim``: both hold when
+    ``dim >= m`` (theory); more sharply, compatibility holds when ``dim >= rank(L*)`` and separability together with
+    compatibility when ``dim >= rank([L*, L_mm])`` (a W matching both exists)."""
+    dim = check_int("dim", dim, minimum=1)
+    geo = geometry or predict_geometry(stats)
+    m = stats.num_contexts
+    Ls = geo.L_star.toarray() if m * stats.vocab_size <= 4_000_000 else None
+    r_star = int(np.linalg.matrix_rank(Ls)) if Ls is not None else None
+    r_mm = int(geo._s.size)
+    r_both = int(np.linalg.matrix_rank(np.hstack([Ls, geo.L_mm]))) if Ls is not None else None
+    return {
+        "dim": dim,
+        "contexts": m,
+        "rank_L_star": r_star,
+        "rank_L_mm": r_mm,
+        "rank_L_star_and_L_mm": r_both,
+        "compatible": bool(dim >= m or (r_star is not None and dim >= r_star)),
+        "separable": bool(dim >= m or dim >= r_mm),
+        "compatible_and_separable": bool(dim >= m or (r_both is not None and dim >= r_both)),
+    }

@@ -17,7 +17,7 @@ they are compared with a target. NC1-NC3 use the sample-weighted global mean (Pa
 >>> stats = {"counts": np.full(4, 10.0), "means": M.T, "sigma_w": 1e-6 * np.eye(4), "class_var": np.full(4, 4e-6)}
 >>> m = class_metrics(stats, W=M.T)
 >>> round(m["nc1"], 12), round(m["seli_dist_means"], 8), round(m["nc3"], 8)  # NC1 = 1e-6 (k-1)^2 / k
-(1e-06, 0.0, 0.0)
+(2.25e-06, 0.0, 0.0)
 """
 
 from __future__ import annotations

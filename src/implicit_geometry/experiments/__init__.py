@@ -6,4 +6,6 @@ when their command is used.
 
 EXPERIMENTS: dict[str, str] = {
     "seli": "implicit_geometry.experiments.seli_cli",
+    "network": "implicit_geometry.experiments.network_cli",
+    "head-depth": "implicit_geometry.experiments.head_depth_cli",
 }

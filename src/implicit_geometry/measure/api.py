@@ -151,7 +151,9 @@ def summarize(collected: dict[str, Any], *, classifier: torch.nn.Linear | None =
     pairs: dict[str, dict[str, float]] = {}
     for a, b in zip(names[:-1], names[1:]):
         sa, sb = collected["samples"][a].compute()["rows"].numpy(), collected["samples"][b].compute()["rows"].numpy()
-        r = alignment(sa, sb, permutations=permutations, seed=seed, knn=min(knn, max(sa.shape[0] - 2, 1))) if sa.shape[0] >= 4 else {}
+        r = {}
+        if permutations > 0 and sa.shape[0] >= 4:  # permutations = 0: no row-sample alignment (the cheap mode)
+            r = alignment(sa, sb, permutations=permutations, seed=seed, knn=min(knn, max(sa.shape[0] - 2, 1)))
         if (a, b) in collected["cross"]:
             c = collected["cross"][(a, b)].compute()
             r["linear_cka_all_rows"] = linear_cka_from_moments(c["Cxx"].cpu(), c["Cyy"].cpu(), c["Cxy"].cpu())

@@ -9,9 +9,10 @@ Every accumulator keeps float64 state whose size never depends on the number of 
 
 The algebra lives once, in the pure functions :func:`chan_merge` and :func:`shifted_to_central`.
 
-Class statistics use a per-class *shift* (the mean of the first batch in which a class appears): the running
+Class statistics use a per-class *shift* (the first row seen of that class): the running
 state is ``n_c``, ``s_c``, ``S_c = sum (h - s_c)`` and ``A = sum (h - s_y)(h - s_y)^T``, so one batch costs one
-``D x D`` product of the centred rows plus a scatter-add, with no per-batch ``K x D x D`` correction. The
+``D x D`` product of the shifted rows plus a sparse one-hot product for the class sums, with no per-batch
+``K x D x D`` correction. The
 pooled within-class scatter is ``A - sum_c n_c d_c d_c^T`` with ``d_c = S_c / n_c`` (formed once, in
 ``compute``); because ``s_c`` is close to the class mean the subtraction loses almost nothing. Merging two
 states converts both to central form (counts, means, scatter) and applies Chan's parallel update
@@ -192,17 +193,21 @@ class ClassStats(Accumulator):
             return self
         if int(y.min()) < 0 or int(y.max()) >= self.classes:
             raise InvalidParameterError(f"labels must be class indices in [0, {self.classes}) (got range [{int(y.min())}, {int(y.max())}])")
-        K = self.classes
+        K, B = self.classes, y.numel()
         cnt = torch.bincount(y, minlength=K).to(_F64)
-        new = (cnt > 0) & (self.counts == 0)  # a class's shift is fixed when it is first seen
+        new = (cnt > 0) & (self.counts == 0)
         if bool(new.any()):
-            # Shift of a new class: its mean in this batch (fixed from now on).
-            bsum = torch.zeros(K, self.dim, dtype=_F64, device=self.device).index_add_(0, y, h)
-            self.shift[new] = bsum[new] / cnt[new, None]
+            # A class's shift is its first row ever seen (fixed from then on): close to the class mean on the scale of
+            # the class's spread, which is all the one-pass form needs to stay accurate.
+            first = torch.full((K,), B, dtype=torch.long, device=self.device).scatter_reduce_(
+                0, y, torch.arange(B, device=self.device), reduce="amin")
+            self.shift[new] = h[first[new]]
         r = h - self.shift[y]
         self.counts += cnt
-        self.sums.index_add_(0, y, r)
-        self.sq.index_add_(0, y, (r * r).sum(1))
+        # Class sums as a sparse one-hot product (several times faster than index_add_ for float64 on CPU).
+        onehot = torch.sparse_coo_tensor(torch.stack([y, torch.arange(B, device=self.device)]), torch.ones(B, dtype=_F64, device=self.device), (K, B), check_invariants=False)
+        self.sums += torch.sparse.mm(onehot, r)
+        self.sq += torch.bincount(y, weights=(r * r).sum(1), minlength=K)
         if self.keep_scatter:
             self.scatter += r.T @ r
         if self.keep_per_class:

@@ -3,7 +3,7 @@ class-imbalanced) into the terminal phase of training, measuring the geometry of
 few epochs with :mod:`implicit_geometry.measure`, next to the ETF and SELI predictions for the data's counts.
 
 Conventions: mean cross-entropy over a mini-batch, SGD with momentum and weight decay, learning rate divided by
-10 at 1/3 and 2/3 of the epochs (Papyan et al.'s schedule). Measurements use the whole training set in eval mode;
+10 at 1/2 and 3/4 of the epochs. Measurements use the whole training set in eval mode;
 NC4 streams it a second time against the first pass's class means. Mini-batch order depends only on
 (seed, epoch), so a resumed run gives the same numbers.
 """
@@ -114,7 +114,7 @@ class NetworkTrainer:
         self.x, self.y = data.x.to(device), data.y.to(device)
 
     def lr_at(self, epoch: int) -> float:
-        return self.c.lr * (0.1 ** sum(epoch >= m for m in (self.c.epochs // 3, 2 * self.c.epochs // 3) if m > 0))
+        return self.c.lr * (0.1 ** sum(epoch >= m for m in (self.c.epochs // 2, 3 * self.c.epochs // 4) if m > 0))
 
     def order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(1_000_003 * self.seed + epoch)

@@ -20,7 +20,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--minority-fraction", type=float, default=0.5, show_default=True, help="step: fraction of minority classes.")
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True, help="SGD learning rate (divided by 10 at 1/3 and 2/3 of the epochs).")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="SGD learning rate (divided by 10 at 1/2 and 3/4 of the epochs).")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--measure-every", type=int, default=5, show_default=True, help="Measure the geometry every this many epochs.")

@@ -29,7 +29,9 @@ class ExperimentGroup(click.Group):
 
 # Top-level command groups contributed by the faces of the toolkit, imported on first use:
 # name -> "module:attribute" of a click command or group.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "measure": "implicit_geometry.measure.cli:command",
+}
 
 
 class LazyGroup(click.Group):

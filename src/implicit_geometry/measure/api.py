@@ -78,7 +78,7 @@ def collect(
     try:
         with LayerTaps(model, tap_names) as taps:
             for x, y in _batches(loader, dev, dtype, max_batches):
-                out = model(x)
+                out = taps.forward(x)
                 z = taps.captured.get("logits")
                 if z is None:
                     from implicit_geometry.measure.hooks import pool
@@ -121,7 +121,7 @@ def agreement_pass(model: torch.nn.Module, loader: Iterable, centers: torch.Tens
     try:
         with LayerTaps(model, ["penultimate", "logits"]) as taps:
             for x, y in _batches(loader, dev, _model_dtype(model), max_batches):
-                model(x)
+                taps.forward(x)
                 acc.update(taps.captured["penultimate"], taps.captured["logits"], y.to(dev))
     finally:
         model.train(was_training)
@@ -182,6 +182,8 @@ def measure(
     penultimate means of a previous epoch), ``"none"`` skips NC4. Returns ``{"layers": {name: metrics}, "alignment": {...},
     "counts": [...], "means": {name: K x D}}``."""
     nc4 = check_choice("nc4", nc4, ["two-pass", "centers", "none"])
+    if isinstance(model, torch.jit.ScriptModule) and list(layers) == ["logits"]:
+        nc4 = "none"
     if "penultimate" not in layers and nc4 != "none":
         layers = ["penultimate", *layers]
     if nc4 == "centers" and centers is None:

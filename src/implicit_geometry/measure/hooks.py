@@ -6,6 +6,9 @@ model's output). Outputs with more than two dimensions (conv maps N x C x H x W,
 average-pooled over every axis after the channel axis (conv) or over the sequence axis, so every tap is a
 rows x features matrix.
 
+TorchScript modules accept no hooks: for them only ``"logits"`` (the output) and ``"penultimate"`` exist, and
+``"penultimate"`` needs the scripted model to return ``(features, logits)``.
+
 >>> import torch
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
 >>> with LayerTaps(net, ["1", "penultimate", "logits"]) as taps:
@@ -30,7 +33,8 @@ SPECIAL = ("penultimate", "logits")
 
 def last_linear(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
     """The model's last ``nn.Linear`` (in registration order): taken to be its classifier."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    found = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) or getattr(m, "original_name", None) == "Linear"]  # TorchScript keeps the class name
     if not found:
         raise InvalidParameterError("model must contain an nn.Linear classifier for 'penultimate' (got none)")
     return found[-1]
@@ -57,6 +61,9 @@ class LayerTaps:
     def __init__(self, model: torch.nn.Module, layers: Sequence[str]) -> None:
         self.model = model
         self.layers = list(layers)
+        self.script = isinstance(model, torch.jit.ScriptModule)
+        if self.script and not set(self.layers) <= set(SPECIAL):
+            raise InvalidParameterError(f"layers of a TorchScript model must be penultimate and/or logits (got {self.layers}: hooks are not supported on ScriptModules)")
         modules = dict(model.named_modules())
         for name in self.layers:
             if name not in SPECIAL and name not in modules:
@@ -66,7 +73,21 @@ class LayerTaps:
         self.captured: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
 
+    def forward(self, x: torch.Tensor) -> Any:
+        """Run the model on x, filling ``captured`` (also for TorchScript models, which take no hooks)."""
+        out = self.model(x)
+        if self.script:
+            if isinstance(out, (tuple, list)) and len(out) == 2:
+                self.captured["penultimate"], self.captured["logits"] = pool(out[0]), pool(out[1])
+            else:
+                if "penultimate" in self.layers:
+                    raise InvalidParameterError("a TorchScript model must return (features, logits) for the penultimate layer (got one output); measure layers=logits only")
+                self.captured["logits"] = pool(out)
+        return out
+
     def __enter__(self) -> LayerTaps:
+        if self.script:
+            return self
         for name in self.layers:
             if name == "penultimate":
                 _, lin = last_linear(self.model)

@@ -40,10 +40,11 @@ class Data:
     x: torch.Tensor
     y: torch.Tensor
     name: str
+    classes: int | None = None  # fixed by the data set (10 for CIFAR-10), else 1 + the largest label
 
     @property
     def num_classes(self) -> int:
-        return int(self.y.max()) + 1
+        return self.classes if self.classes is not None else int(self.y.max()) + 1
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -54,7 +55,7 @@ class Data:
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> Data:
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        return Data(self.x[idx], self.y[idx], self.name)
+        return Data(self.x[idx], self.y[idx], self.name, self.classes)
 
     def loader(self, batch_size: int = 256) -> TensorBatches:
         """Batches ``(x, y)`` in order (slices, no per-row indexing: much faster than a DataLoader here)."""
@@ -159,7 +160,7 @@ def load_cifar10(folder: Path | str, split: str = "train") -> Data:
             batch = pickle.load(fh, encoding="bytes")
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    return Data(_standardize(np.concatenate(xs) / 255.0), torch.as_tensor(np.concatenate(ys)), "cifar10")
+    return Data(_standardize(np.concatenate(xs) / 255.0), torch.as_tensor(np.concatenate(ys)), "cifar10", 10)
 
 
 def load(name: str, *, split: str = "train", data_dir: str | None = None, mnist1d_samples: int = 5000, seed: int = 0) -> Data:

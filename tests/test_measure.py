@@ -453,3 +453,50 @@ def test_run_commands_bad_input_and_head_depth(tmp_path, capsys):
     capsys.readouterr()
     assert _cli(["run", "head-depth", "--depths", "1,4", "--per-class", "10", "--epochs", "2", "--out", str(tmp_path / "hd"), "--quiet", "--json"]) == 0
     assert (tmp_path / "hd" / "figures" / "effective_rank.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Language-model geometry beside the NTP prediction (pure part; the GGUF model itself is not loaded in tests)
+# ----------------------------------------------------------------------------------------------------------
+from implicit_geometry.measure.lm import compare_ntp_geometry, context_statistics, ntp_grams, support_proxy  # noqa: E402
+
+
+def test_compare_ntp_geometry_exact_and_shuffled_control():
+    rng = np.random.default_rng(0)
+    S = (rng.random((12, 9)) < 0.35).astype(float)
+    S[np.arange(12), rng.integers(0, 9, 12)] = 1
+    L = support_proxy(S)
+    U, s, Vt = np.linalg.svd(L, full_matrices=False)
+    H, W = U * np.sqrt(s), Vt.T * np.sqrt(s)  # balanced factors of L: the NTP geometry exactly
+    Q = np.linalg.qr(rng.normal(size=(len(s), len(s))))[0]
+    r = compare_ntp_geometry(3 * H @ Q, W @ Q / 3, S, shuffles=20)
+    assert max(r["dist_H"], r["dist_W"], r["dist_logits"]) < 1e-8
+    assert min(r["control_dist_H_mean"], r["control_dist_W_mean"], r["control_dist_logits_mean"]) > 0.2
+    tH, tW = ntp_grams(L)
+    assert np.allclose(tH @ tH, L @ L.T) and np.allclose(tW @ tW, L.T @ L)
+    r2 = compare_ntp_geometry(rng.normal(size=H.shape), rng.normal(size=W.shape), S, target_logits=L, shuffles=5)
+    assert r2["target"] == "given" and r2["dist_logits"] > 0.5
+
+
+def test_context_statistics_with_a_tiny_causal_lm():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    rng = np.random.default_rng(0)
+    ids = [[1, 2] + rng.integers(3, 8, 6).tolist() for _ in range(15)]
+    st = context_statistics(model, ids, order=1, min_count=3)
+    m = len(st["contexts"])
+    # the mean hidden state of a context, computed directly
+    j = 0
+    ctx = st["contexts"][j]
+    rows = []
+    with torch.no_grad():
+        for seq in ids:
+            h = model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0].double()
+            rows += [h[t - 1] for t in range(1, len(seq)) if tuple(seq[t - 1 : t]) == ctx]
+    assert np.allclose(st["embeddings"][j], torch.stack(rows).mean(0).numpy(), atol=1e-10)
+    assert st["support"].shape == (m, len(st["vocab"])) and st["support"].sum() == st["positions"]
+    r = compare_ntp_geometry(st["embeddings"], st["unembedding"], st["support"], shuffles=5)
+    assert 0 <= r["dist_H"] <= 2

@@ -128,7 +128,7 @@ def load_gguf(path: Path | str, *, dtype: torch.dtype = torch.float32) -> tuple[
         raise InvalidParameterError("transformers must be installed for language models: pip install 'implicit-geometry[lm]' (got ImportError)") from exc
     path = Path(path)
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     return model.eval(), tok
 
 

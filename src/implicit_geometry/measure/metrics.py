@@ -32,6 +32,13 @@ from implicit_geometry.geometry.metrics import as_float64, effective_rank, nc1_f
 from implicit_geometry.geometry.targets import etf_geometry, seli_geometry
 
 
+def _dist(A: np.ndarray, B: np.ndarray) -> float:
+    """normalized_distance, or NaN (written as null) when a learned matrix is zero (e.g. dead ReLU features)."""
+    if not np.linalg.norm(A) > 0:
+        return float("nan")
+    return normalized_distance(A, B)
+
+
 def _offdiag(A: np.ndarray) -> np.ndarray:
     return A[~np.eye(A.shape[0], dtype=bool)]
 
@@ -57,7 +64,7 @@ def _nc2_parts(V: np.ndarray, prefix: str) -> dict[str, float]:
     n = np.linalg.norm(V, axis=0)
     cos = _offdiag((V.T @ V) / np.outer(n, n).clip(1e-300))
     return {
-        f"equinorm_{prefix}": float(n.std() / n.mean()),
+        f"equinorm_{prefix}": float(n.std() / n.mean()) if n.mean() > 0 else float("nan"),
         f"equiangular_{prefix}": float(cos.std()),
         f"maxangle_{prefix}": float(np.abs(cos + 1.0 / (k - 1)).mean()),
     }
@@ -100,8 +107,8 @@ def class_metrics(
     out["cdnv"] = cdnv(means.T, stats["class_var"])
     out.update(_nc2_parts(Mg, "means"))
     G = Mu.T @ Mu
-    out["etf_dist_means"] = normalized_distance(G, etf.mean_gram)
-    out["seli_dist_means"] = normalized_distance(G, seli.mean_gram)
+    out["etf_dist_means"] = _dist(G, etf.mean_gram)
+    out["seli_dist_means"] = _dist(G, seli.mean_gram)
     out["effective_rank_means"] = effective_rank(Mu)
     out["stable_rank_means"] = stable_rank(Mu)
     if W is not None:
@@ -110,13 +117,14 @@ def class_metrics(
             raise InvalidParameterError(f"W must have shape ({K}, {means.shape[0]}) (got {W.shape})")
         Wc = W - W.mean(0, keepdims=True)
         out.update(_nc2_parts(Wc.T, "classifiers"))
-        out["nc3"] = float(np.linalg.norm(W.T / np.linalg.norm(W) - Mg / np.linalg.norm(Mg)) ** 2)
-        out["etf_dist_W"] = normalized_distance(Wc @ Wc.T, etf.W_gram)
-        out["seli_dist_W"] = normalized_distance(Wc @ Wc.T, seli.W_gram)
+        nm = np.linalg.norm(Mg)
+        out["nc3"] = float(np.linalg.norm(W.T / np.linalg.norm(W) - Mg / nm) ** 2) if nm > 0 else float("nan")
+        out["etf_dist_W"] = _dist(Wc @ Wc.T, etf.W_gram)
+        out["seli_dist_W"] = _dist(Wc @ Wc.T, seli.W_gram)
     if mean_logits is not None:
         Z = as_float64(mean_logits)
         Zc = Z - Z.mean(0, keepdims=True)  # softmax ignores a common shift of a column's logits
-        out["seli_dist_logits"] = normalized_distance(Zc, seli.class_logits)
+        out["seli_dist_logits"] = _dist(Zc, seli.class_logits)
         out["effective_rank_mean_logits"] = effective_rank(Zc)
         out["stable_rank_mean_logits"] = stable_rank(Zc)
     return out

@@ -34,18 +34,18 @@ class NetworkConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     model: str = "mlp"
-    width: int = 256
+    width: int = 512
     depth: int = 2
     trunk: int = 0
-    per_class: int = 300  # rows per class of the balanced subset (0 = the whole data set)
+    per_class: int = 100  # rows per class of the balanced subset (0 = the whole data set)
     imbalance: str = "none"
     ratio: float = 10.0
     minority_fraction: float = 0.5
-    epochs: int = 60
-    batch_size: int = 128
+    epochs: int = 80
+    batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 1e-4
     measure_every: int = 5
     permutations: int = 10
     seeds: int = 1

@@ -3,7 +3,7 @@ class-imbalanced) into the terminal phase of training, measuring the geometry of
 few epochs with :mod:`implicit_geometry.measure`, next to the ETF and SELI predictions for the data's counts.
 
 Conventions: mean cross-entropy over a mini-batch, SGD with momentum and weight decay, learning rate divided by
-10 at 1/2 and 3/4 of the epochs. Measurements use the whole training set in eval mode;
+10 at given fractions of the epochs (default 1/2 and 3/4). Measurements use the whole training set in eval mode;
 NC4 streams it a second time against the first pass's class means. Mini-batch order depends only on
 (seed, epoch), so a resumed run gives the same numbers.
 """
@@ -11,7 +11,7 @@ NC4 streams it a second time against the first pass's class means. Mini-batch or
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class NetworkConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs where lr /= 10
     measure_every: int = 5
     permutations: int = 10
     seeds: int = 1
@@ -69,6 +70,7 @@ class NetworkConfig:
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.momentum = check_float("momentum", self.momentum, minimum=0.0, maximum=1.0)
         self.weight_decay = check_float("weight_decay", self.weight_decay, minimum=0.0)
+        self.lr_drops = [check_float("lr_drops", f, minimum=0.0, maximum=1.0) for f in self.lr_drops]
         self.measure_every = check_int("measure_every", self.measure_every, minimum=1)
         self.permutations = check_int("permutations", self.permutations, minimum=0)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
@@ -114,7 +116,7 @@ class NetworkTrainer:
         self.x, self.y = data.x.to(device), data.y.to(device)
 
     def lr_at(self, epoch: int) -> float:
-        return self.c.lr * (0.1 ** sum(epoch >= m for m in (self.c.epochs // 2, 3 * self.c.epochs // 4) if m > 0))
+        return self.c.lr * (0.1 ** sum(epoch >= int(f * self.c.epochs) for f in self.c.lr_drops if int(f * self.c.epochs) > 0))
 
     def order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(1_000_003 * self.seed + epoch)

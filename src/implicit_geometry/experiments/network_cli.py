@@ -20,21 +20,28 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--minority-fraction", type=float, default=0.5, show_default=True, help="step: fraction of minority classes.")
 @click.option("--epochs", type=int, default=80, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True, help="SGD learning rate (divided by 10 at 1/2 and 3/4 of the epochs).")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="SGD learning rate (see --lr-drops).")
+@click.option("--lr-drops", default="0.5,0.75", show_default=True, help="Fractions of the epochs where the learning rate is divided by 10 (empty: none).")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--measure-every", type=int, default=5, show_default=True, help="Measure the geometry every this many epochs.")
 @click.option("--permutations", type=int, default=10, show_default=True, help="Permutations for the alignment nulls at the end.")
 @common_run_options
 def command(dataset, data_dir, model_name, width, depth, trunk, per_class, imbalance, ratio, minority_fraction, epochs, batch_size, lr,
-            momentum, weight_decay, measure_every, permutations, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
+            lr_drops, momentum, weight_decay, measure_every, permutations, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Train a real network into the terminal phase and track its geometry against the ETF/SELI predictions."""
     from implicit_geometry.experiments.network import NetworkConfig, run_network
 
     if resume is not None:
         emit_summary(run_network(resume=resume, progress=not quiet), as_json)
         return
-    config = NetworkConfig(
+    from implicit_geometry._validation import InvalidParameterError
+
+    try:
+        drops = [float(p) for p in lr_drops.split(",") if p.strip()]
+    except ValueError:
+        raise InvalidParameterError(f"lr-drops must be comma-separated fractions such as 0.5,0.75 (got {lr_drops!r})") from None
+    config = NetworkConfig(lr_drops=drops, 
         dataset=dataset, data_dir=data_dir, model=model_name, width=width, depth=depth, trunk=trunk, per_class=per_class,
         imbalance=imbalance, ratio=ratio, minority_fraction=minority_fraction, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, measure_every=measure_every, permutations=permutations, seeds=seeds,

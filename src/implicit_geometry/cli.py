@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "implicit_geometry.sweep.cli:command",
     "report": "implicit_geometry.report.html_cli:command",
     "ntp": "implicit_geometry.ntp.cli:ntp",
+    "measure": "implicit_geometry.measure.cli:command",
 }
 
 # Subcommands of ``igeom predict``: name -> "module:attribute".

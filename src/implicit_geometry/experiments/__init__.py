@@ -10,4 +10,6 @@ EXPERIMENTS: dict[str, str] = {
     "imbalance": "implicit_geometry.experiments.imbalance_cli",
     "depth": "implicit_geometry.experiments.depth_cli",
     "ntp": "implicit_geometry.experiments.ntp_cli",
+    "network": "implicit_geometry.experiments.network_cli",
+    "head-depth": "implicit_geometry.experiments.head_depth_cli",
 }

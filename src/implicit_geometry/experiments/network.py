@@ -1,0 +1,322 @@
+"""Experiment ``network``: train a real network (MLP with a ReLU head, or ResNet-20) on a real data set (optionally
+class-imbalanced) into the terminal phase of training, measuring the geometry of its penultimate layer every
+few epochs with :mod:`implicit_geometry.measure`, next to the ETF and SELI predictions for the data's counts.
+
+Conventions: mean cross-entropy over a mini-batch, SGD with momentum and weight decay, learning rate divided by
+10 at given fractions of the epochs (default 1/2 and 3/4). Measurements use the whole training set in eval mode;
+NC4 streams it a second time against the first pass's class means. Mini-batch order depends only on
+(seed, epoch), so a resumed run gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
+from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar, resolve_device
+from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+
+TRACKED = (
+    "nc1", "cdnv", "nc3", "nc4", "equinorm_means", "equiangular_means", "etf_dist_means", "seli_dist_means",
+    "etf_dist_W", "seli_dist_W", "seli_dist_logits", "effective_rank_mean_logits", "stable_rank_mean_logits",
+    "effective_rank_means",
+)
+
+
+@dataclass
+class NetworkConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    model: str = "mlp"
+    width: int = 512
+    depth: int = 2
+    trunk: int = 0
+    per_class: int = 100  # rows per class of the balanced subset (0 = the whole data set)
+    imbalance: str = "none"
+    ratio: float = 10.0
+    minority_fraction: float = 0.5
+    epochs: int = 80
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs where lr /= 10
+    measure_every: int = 5
+    permutations: int = 10
+    seeds: int = 1
+    first_seed: int = 0
+    device: str = "auto"
+    checkpoint_seconds: float = 60.0
+
+    def validate(self) -> NetworkConfig:
+        if not (self.dataset.startswith(("idx:", "cifar10:")) or self.dataset in ("digits", "mnist1d", "fashion-mnist")):
+            check_choice("dataset", self.dataset, ["digits", "mnist1d", "fashion-mnist", "idx:FOLDER", "cifar10:FOLDER"])
+        check_choice("model", self.model, ["mlp", "resnet20"])
+        self.width = check_int("width", self.width, minimum=1)
+        self.depth = check_int("depth", self.depth, minimum=1)
+        self.trunk = check_int("trunk", self.trunk, minimum=0)
+        self.per_class = check_int("per_class", self.per_class, minimum=0)
+        check_choice("imbalance", self.imbalance, ["none", "step", "exp"])
+        self.ratio = check_float("ratio", self.ratio, minimum=1.0)
+        self.minority_fraction = check_float("minority_fraction", self.minority_fraction, minimum=0.0, maximum=1.0)
+        self.epochs = check_int("epochs", self.epochs, minimum=1)
+        self.batch_size = check_int("batch_size", self.batch_size, minimum=1)
+        self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
+        self.momentum = check_float("momentum", self.momentum, minimum=0.0, maximum=1.0)
+        self.weight_decay = check_float("weight_decay", self.weight_decay, minimum=0.0)
+        self.lr_drops = [check_float("lr_drops", f, minimum=0.0, maximum=1.0) for f in self.lr_drops]
+        self.measure_every = check_int("measure_every", self.measure_every, minimum=1)
+        self.permutations = check_int("permutations", self.permutations, minimum=0)
+        self.seeds = check_int("seeds", self.seeds, minimum=1)
+        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
+        check_choice("device", self.device, ["auto", "cpu", "cuda"])
+        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(set(d) - known)})")
+        return cls(**d).validate()
+
+
+def prepare_data(c: NetworkConfig):
+    """The training data of a config: the data set, its balanced or imbalanced subset (seeded by first_seed)."""
+    from implicit_geometry.measure.data import imbalanced_indices, load
+
+    data = load(c.dataset, data_dir=c.data_dir)
+    if c.per_class or c.imbalance != "none":
+        n_max = c.per_class or int(data.counts().min())
+        data = data.subset(imbalanced_indices(data.y, profile=c.imbalance, ratio=c.ratio, minority_fraction=c.minority_fraction,
+                                              n_max=n_max, seed=c.first_seed))
+    return data
+
+
+class NetworkTrainer:
+    """Train one network with a deterministic mini-batch order; state at batch granularity for checkpoints."""
+
+    def __init__(self, c: NetworkConfig, data, seed: int, device: torch.device) -> None:
+        from implicit_geometry.models.networks import build
+
+        self.c, self.data, self.seed, self.device = c, data, seed, device
+        torch.manual_seed(seed)
+        self.model = build(c.model, in_shape=data.in_shape, num_classes=data.num_classes, width=c.width, depth=c.depth, trunk=c.trunk).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        self.epoch, self.batch, self.loss_sum, self.seen = 0, 0, 0.0, 0
+        self.x, self.y = data.x.to(device), data.y.to(device)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.c.lr * (0.1 ** sum(epoch >= int(f * self.c.epochs) for f in self.c.lr_drops if int(f * self.c.epochs) > 0))
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(1_000_003 * self.seed + epoch)
+        return torch.randperm(self.x.shape[0], generator=g)
+
+    def run_epoch(self, should_stop, on_batch=None) -> bool:
+        """Continue the current epoch; False if stopped before its end."""
+        perm = self.order(self.epoch)
+        B = self.c.batch_size
+        nb = (len(perm) + B - 1) // B
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.epoch)
+        self.model.train()
+        while self.batch < nb:
+            if should_stop():
+                return False
+            idx = perm[self.batch * B : (self.batch + 1) * B].to(self.device)
+            out = self.model(self.x[idx])
+            loss = torch.nn.functional.cross_entropy(out, self.y[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.loss_sum += float(loss.detach()) * len(idx)
+            self.seen += len(idx)
+            self.batch += 1
+            if on_batch:
+                on_batch()
+        return True
+
+    def end_epoch(self) -> float:
+        loss = self.loss_sum / max(self.seen, 1)
+        self.epoch, self.batch, self.loss_sum, self.seen = self.epoch + 1, 0, 0.0, 0
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": self.epoch, "batch": self.batch,
+                "loss_sum": self.loss_sum, "seen": self.seen}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.epoch, self.batch, self.loss_sum, self.seen = s["epoch"], s["batch"], s["loss_sum"], s["seen"]
+
+    def measure(self, permutations: int = 0, layers=("penultimate", "logits")) -> dict[str, Any]:
+        from implicit_geometry.measure.api import measure
+
+        return measure(self.model, self.data.loader(batch_size=1024), self.data.num_classes, layers, device=self.device,
+                       permutations=permutations, seed=self.seed)
+
+
+def _row(epoch: int, seed: int, loss: float, m: dict[str, Any], seconds: float) -> dict[str, Any]:
+    pen = m["layers"]["penultimate"]
+    row = {"epoch": epoch, "seed": seed, "train_loss": loss, "train_error": 1.0 - pen["accuracy"]}
+    row.update({k: pen.get(k, float("nan")) for k in TRACKED})
+    row["seconds"] = seconds
+    return row
+
+
+def run_network(config: NetworkConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the network experiment; returns the summary (also in ``summary.json``)."""
+    if resume is not None:
+        folder = check_resume_folder(Path(resume))
+        c = NetworkConfig.from_dict(read_json(folder / "config.json"))
+        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
+            return read_json(folder / "summary.json")
+    else:
+        c = (config or NetworkConfig()).validate()
+        data_probe = prepare_data(c)  # fail on bad data before creating the folder
+        del data_probe
+        folder = prepare_out(Path(out) if out is not None else None, "network")
+        write_json(folder / "config.json", c.to_dict())
+    device = resolve_device(c.device)
+    data = prepare_data(c)
+    seeds = list(range(c.first_seed, c.first_seed + c.seeds))
+    state = read_torch(folder / "checkpoint.pt") if (folder / "checkpoint.pt").exists() else None
+    history: list[dict[str, Any]] = state["history"] if state else []
+    finals: list[dict[str, Any]] = state["finals"] if state else []
+    seconds = state["seconds"] if state else 0.0
+    start_seed = state["seed_index"] if state else 0
+    total = c.seeds * c.epochs
+    bar = progress_bar(total, "network", progress, initial=start_seed * c.epochs + (state["trainer"]["epoch"] if state else 0))
+    bar.unit = "epoch"
+    with interruptible() as stop, bar:
+        for si in range(start_seed, c.seeds):
+            trainer = NetworkTrainer(c, data, seeds[si], device)
+            if state and si == start_seed:
+                trainer.load_state_dict(state["trainer"])
+            elif trainer.epoch == 0:
+                t0 = time.perf_counter()
+                history.append(_row(0, seeds[si], float("nan"), trainer.measure(), seconds))
+                seconds += time.perf_counter() - t0
+            last_save = time.perf_counter()
+
+            def save(si=si, trainer=trainer) -> None:
+                write_torch(folder / "checkpoint.pt", {"trainer": trainer.state_dict(), "history": history, "finals": finals,
+                                                       "seconds": seconds, "seed_index": si})
+
+            while trainer.epoch < c.epochs:
+                t0 = time.perf_counter()
+                done = trainer.run_epoch(lambda: stop.requested or time.perf_counter() - last_save > c.checkpoint_seconds)
+                seconds += time.perf_counter() - t0
+                if not done:
+                    save()
+                    last_save = time.perf_counter()
+                    if stop.requested:
+                        raise Interrupted(folder, trainer.epoch)
+                    continue
+                loss = trainer.end_epoch()
+                bar.update(1)
+                if trainer.epoch % c.measure_every == 0 or trainer.epoch == c.epochs:
+                    t0 = time.perf_counter()
+                    history.append(_row(trainer.epoch, seeds[si], loss, trainer.measure(), seconds))
+                    seconds += time.perf_counter() - t0
+            final = trainer.measure(permutations=c.permutations, layers=_final_layers(trainer.model, c))
+            finals.append(_jsonable_final(final, seeds[si]))
+            state = None
+            if si + 1 < c.seeds:
+                write_torch(folder / "checkpoint.pt", {"trainer": NetworkTrainer(c, data, seeds[si + 1], device).state_dict(),
+                                                       "history": history, "finals": finals, "seconds": seconds, "seed_index": si + 1})
+    summary = _finish(folder, c, data, history, finals, seconds)
+    summary["folder"] = str(folder)
+    return summary
+
+
+def _final_layers(model: torch.nn.Module, c: NetworkConfig) -> list[str]:
+    if c.model == "mlp":
+        names = [f"head.{i}" for i in range(1, 2 * c.depth, 2)]
+        return names[:-1] + ["penultimate", "logits"]
+    return ["layer1", "layer2", "layer3", "penultimate", "logits"]
+
+
+def _jsonable_final(final: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {"seed": seed, "layers": final["layers"], "alignment": final["alignment"], "counts": final["counts"],
+            "mean_logits": final["mean_logits"], "W": final["W"], "means": final["means"]["penultimate"]}
+
+
+def _finish(folder: Path, c: NetworkConfig, data, history, finals, seconds) -> dict[str, Any]:
+    from implicit_geometry.geometry.targets import seli_geometry
+
+    write_csv(folder / "history.csv", history)
+    f0 = finals[0]
+    counts = np.asarray(f0["counts"])
+    seli = seli_geometry(counts)
+    W, means, Z = np.asarray(f0["W"]), np.asarray(f0["means"]), np.asarray(f0["mean_logits"])
+    Wc = W - W.mean(0)
+    Mc = means - means.mean(0)
+    Zc = Z - Z.mean(0)
+    write_npz(folder / "final.npz", W=W, class_means=means, mean_logits=Z, counts=counts, seli_W_gram=seli.W_gram,
+              seli_mean_gram=seli.mean_gram, seli_logits=seli.class_logits)
+    pen = {k: float(np.mean([f["layers"]["penultimate"].get(k, np.nan) for f in finals])) for k in f0["layers"]["penultimate"]}
+    zero = [r for r in history if r["seed"] == f0["seed"] and r["train_error"] == 0.0]
+    nc1_first_zero = zero[0]["nc1"] if zero else None
+    nc1_final = [r for r in history if r["seed"] == f0["seed"]][-1]["nc1"]
+    summary: dict[str, Any] = {
+        "experiment": "network", "dataset": data.name, "model": c.model, "N": int(counts.sum()), "k": int(counts.size),
+        "counts": counts.tolist(), "epochs": c.epochs, "seconds": round(seconds, 2), "seeds": [f["seed"] for f in finals],
+        "penultimate": pen, "layers": f0["layers"], "alignment": f0["alignment"],
+        "first_zero_error_epoch": zero[0]["epoch"] if zero else None,
+        "nc1_at_first_zero_error": nc1_first_zero, "nc1_final": nc1_final,
+        "nc1_reduction_since_zero_error": (nc1_first_zero / nc1_final) if zero and nc1_final > 0 else None,
+    }
+    summary["verdict"] = _verdict(summary, counts)
+    _figures(folder, c, history, counts, seli, Wc, Mc, Zc, f0["seed"])
+    write_json(folder / "summary.json", summary)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return summary
+
+
+def _verdict(s: dict[str, Any], counts: np.ndarray) -> list[str]:
+    p = s["penultimate"]
+    lines = [f"{s['model']} on {s['dataset']} (N = {s['N']}, k = {s['k']}), {s['epochs']} epochs in {s['seconds']:.0f} s: "
+             f"train error {1 - p['accuracy']:.4f}, NC1 {p['nc1']:.3g}, CDNV {p['cdnv']:.3g}, NC3 {p.get('nc3', float('nan')):.3g}, NC4 {p['nc4']:.3g}"]
+    if s["first_zero_error_epoch"] is None:
+        lines.append("training error never reached zero at a measured epoch: no terminal phase yet (train longer)")
+    else:
+        lines.append(f"terminal phase from epoch {s['first_zero_error_epoch']}: NC1 fell {s['nc1_reduction_since_zero_error']:.1f}x since "
+                     f"(from {s['nc1_at_first_zero_error']:.3g} to {s['nc1_final']:.3g})")
+    balanced = len(set(map(int, counts))) == 1
+    lines.append(f"distance to the {'ETF (= SELI, balanced)' if balanced else 'SELI prediction'}: class means {p['seli_dist_means']:.3f}, "
+                 f"classifiers {p['seli_dist_W']:.3f}, mean logits {p['seli_dist_logits']:.3f}"
+                 + ("" if balanced else f"; to the ETF: means {p['etf_dist_means']:.3f}, classifiers {p['etf_dist_W']:.3f}"))
+    lines.append(f"effective rank of the mean logit matrix {p['effective_rank_mean_logits']:.2f} (k-1 = {s['k'] - 1} for the ETF)")
+    return lines
+
+
+def _figures(folder: Path, c: NetworkConfig, history, counts, seli, Wc, Mc, Zc, seed) -> None:
+    from implicit_geometry.report.figures import plot_curves, plot_matrix_pairs
+
+    figs = folder / "figures"
+    rows = [r for r in history if r["seed"] == seed]
+    x = np.array([r["epoch"] for r in rows], float)
+    get = lambda k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)  # noqa: E731
+    pos = lambda a: np.where(a > 0, a, np.nan)  # noqa: E731
+    plot_curves(figs / "collapse.png", x, {k: pos(get(k)) for k in ("nc1", "cdnv", "nc3", "nc4", "train_error", "train_loss")},
+                xlabel="epoch", ylabel="value", title=f"{c.model} on {c.dataset}: neural collapse", logx=False)
+    plot_curves(figs / "distances.png", x, {k: get(k) for k in ("etf_dist_means", "seli_dist_means", "etf_dist_W", "seli_dist_W", "seli_dist_logits")},
+                xlabel="epoch", ylabel="normalized distance", title="distance to the predicted geometry", logx=False, logy=False)
+    plot_curves(figs / "ranks.png", x, {k: get(k) for k in ("effective_rank_mean_logits", "stable_rank_mean_logits", "effective_rank_means")},
+                xlabel="epoch", ylabel="rank", title="effective / stable rank", logx=False, logy=False)
+    plot_matrix_pairs(figs / "grams.png", [
+        ("W W^T", seli.W_gram, Wc @ Wc.T), ("class-mean Gram", seli.mean_gram, Mc @ Mc.T), ("mean logits", seli.class_logits, Zc),
+    ], title=f"SELI predicted vs learned ({c.model}, seed {seed})")

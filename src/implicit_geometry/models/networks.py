@@ -1,0 +1,134 @@
+"""Real networks written in the package (no torchvision): a CIFAR-style ResNet-20 and an MLP with a ReLU head.
+
+Both end in one ``nn.Linear`` classifier named ``classifier`` reading the ``penultimate`` features, which is what
+:mod:`implicit_geometry.measure` taps. :func:`build` makes one by name (for saved state dicts), :func:`save_model`
+writes a file ``igeom measure --model`` can read back.
+
+>>> net = build("mlp", in_shape=(1, 8, 8), num_classes=10, width=32, depth=3)
+>>> tuple(net(torch.zeros(2, 1, 8, 8)).shape)
+(2, 10)
+>>> tuple(build("resnet20", in_shape=(3, 8, 8), num_classes=4, width=4)(torch.zeros(2, 3, 8, 8)).shape)
+(2, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_int
+
+
+class ReLUHeadMLP(nn.Module):
+    """``flatten -> [Linear(in, trunk) -> ReLU] -> L x [Linear(width) -> ReLU] -> classifier``.
+
+    ``depth`` L counts the ReLU layers of width ``width`` in the head (the depth paper's head); ``trunk`` is the
+    width of one optional input layer before it (0: none). The penultimate features are the last ReLU's output.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, width: int = 128, depth: int = 2, trunk: int = 0) -> None:
+        super().__init__()
+        in_dim, width = check_int("in_dim", in_dim, minimum=1), check_int("width", width, minimum=1)
+        depth, trunk = check_int("depth", depth, minimum=1), check_int("trunk", trunk, minimum=0)
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = in_dim
+        if trunk:
+            layers += [nn.Linear(d, trunk), nn.ReLU()]
+            d = trunk
+        self.trunk = nn.Sequential(*layers)
+        head: list[nn.Module] = []
+        for _ in range(depth):
+            head += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        self.head = nn.Sequential(*head)
+        self.classifier = nn.Linear(d, check_int("num_classes", num_classes, minimum=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.trunk(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.short is None else self.short(x)))
+
+
+class ResNet20(nn.Module):
+    """He et al.'s CIFAR ResNet (6n+2 layers, n = 3): widths w, 2w, 4w over three stages, global average pooling,
+    a linear classifier. Works for any input size >= 4 pixels and any number of channels."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, blocks: int = 3) -> None:
+        super().__init__()
+        w = check_int("width", width, minimum=1)
+        n = check_int("blocks", blocks, minimum=1)
+        self.stem = nn.Sequential(nn.Conv2d(check_int("in_channels", in_channels, minimum=1), w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        stages, cin = [], w
+        for i, cout in enumerate((w, 2 * w, 4 * w)):
+            blocks_i = [_Block(cin if j == 0 else cout, cout, 2 if (j == 0 and i > 0) else 1) for j in range(n)]
+            stages.append(nn.Sequential(*blocks_i))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(cin, check_int("num_classes", num_classes, minimum=2))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
+
+
+ARCHITECTURES = ("mlp", "resnet20")
+
+
+def build(name: str, *, in_shape: tuple[int, ...], num_classes: int, width: int | None = None, depth: int = 2, trunk: int = 0) -> nn.Module:
+    """A network by name: ``mlp`` (width default 128, ``depth`` ReLU head layers) or ``resnet20`` (width default
+    16); ``in_shape`` is one input's shape (C, H, W) or (D,)."""
+    name = check_choice("model", name, ARCHITECTURES)
+    in_shape = tuple(int(s) for s in in_shape)
+    if name == "mlp":
+        return ReLUHeadMLP(math.prod(in_shape), num_classes, width=width or 128, depth=depth, trunk=trunk)
+    if len(in_shape) != 3:
+        raise InvalidParameterError(f"data for resnet20 must be images (C, H, W) (got input shape {in_shape})")
+    return ResNet20(in_shape[0], num_classes, width=width or 16)
+
+
+def save_model(path: Path | str, model: nn.Module, name: str, **kwargs: Any) -> None:
+    """Write ``{"architecture": name, "kwargs": kwargs, "state_dict": ...}`` (what ``igeom measure`` reads)."""
+    from implicit_geometry.io import write_torch
+
+    write_torch(Path(path), {"architecture": name, "kwargs": kwargs, "state_dict": model.state_dict()})
+
+
+def load_model(path: Path | str) -> nn.Module:
+    """A TorchScript file, or a file written by :func:`save_model` (a state dict with a named architecture)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidParameterError(f"model must be an existing file (got {str(path)!r})")
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception:  # noqa: BLE001 - not TorchScript: try our own format
+        pass
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not (isinstance(obj, dict) and "architecture" in obj and "state_dict" in obj):
+        raise InvalidParameterError(
+            f"model must be TorchScript or a file from implicit_geometry.models.save_model with keys architecture/kwargs/state_dict (got {str(path)!r})"
+        )
+    net = build(obj["architecture"], **obj.get("kwargs", {}))
+    net.load_state_dict(obj["state_dict"])
+    return net

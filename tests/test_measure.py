@@ -469,13 +469,21 @@ def test_compare_ntp_geometry_exact_and_shuffled_control():
     U, s, Vt = np.linalg.svd(L, full_matrices=False)
     H, W = U * np.sqrt(s), Vt.T * np.sqrt(s)  # balanced factors of L: the NTP geometry exactly
     Q = np.linalg.qr(rng.normal(size=(len(s), len(s))))[0]
-    r = compare_ntp_geometry(3 * H @ Q, W @ Q / 3, S, shuffles=20)
-    assert max(r["dist_H"], r["dist_W"], r["dist_logits"]) < 1e-8
+    r = compare_ntp_geometry(3 * H @ Q, W @ Q / 3, S, shuffles=20, target="support_proxy")
+    assert max(r["dist_H"], r["dist_W"], r["dist_logits"]) < 1e-8 and r["target"] == "support_proxy"
     assert min(r["control_dist_H_mean"], r["control_dist_W_mean"], r["control_dist_logits_mean"]) > 0.2
     tH, tW = ntp_grams(L)
     assert np.allclose(tH @ tH, L @ L.T) and np.allclose(tW @ tW, L.T @ L)
     r2 = compare_ntp_geometry(rng.normal(size=H.shape), rng.normal(size=W.shape), S, target_logits=L, shuffles=5)
     assert r2["target"] == "given" and r2["dist_logits"] > 0.5
+    # Default target: the NTP-SVM solution L_mm; a model with exactly that geometry is at distance 0 from it.
+    from implicit_geometry.ntp.predict import ntp_svm
+
+    Lmm = ntp_svm(S).L
+    U, s, Vt = np.linalg.svd(Lmm, full_matrices=False)
+    keep = s > 1e-9 * s[0]
+    r3 = compare_ntp_geometry(U[:, keep] * np.sqrt(s[keep]), Vt[keep].T * np.sqrt(s[keep]), S, shuffles=5)
+    assert r3["target"] == "ntp_svm" and max(r3["dist_H"], r3["dist_W"], r3["dist_logits"]) < 1e-6
 
 
 def test_context_statistics_with_a_tiny_causal_lm():

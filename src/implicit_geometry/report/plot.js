@@ -232,7 +232,7 @@
   function heatmap(container, spec) {
     container.textContent = "";
     var z = spec.z || [], n = z.length, m = n ? z[0].length : 0;
-    var S = 230, cell = S / Math.max(n, m, 1), W = m * cell + 70, H = n * cell + 10;
+    var S = 230, cell = S / Math.max(n, m, 1), W = m * cell + 82, H = n * cell + 10;
     var vmax = spec.vmax || 0;
     if (!vmax) z.forEach(function (r) { r.forEach(function (v) { if (finite(v)) vmax = Math.max(vmax, Math.abs(v)); }); });
     vmax = vmax || 1;

@@ -1,0 +1,47 @@
+"""Tiny run folders of every experiment (seconds each), for the report tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def seli(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.seli import SeliConfig, run_seli
+
+    return run_seli(SeliConfig(counts=[4, 4, 1], dim=4, steps=100, seeds=2, records=8, device="cpu"), out, progress=False)
+
+
+def imbalance(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.imbalance import ImbalanceConfig, run_imbalance
+
+    config = ImbalanceConfig(classes=4, ratios=[1.0, 5.0], steps=150, seeds=2, records=6, device="cpu")
+    return run_imbalance(config, out, progress=False)
+
+
+def hadamard(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.hadamard import HadamardConfig, run_hadamard
+
+    config = HadamardConfig(classes=8, depths=[1, 2], rank_depths=[1, 2, 3], basin_depths=[1, 2], basin_classes=[4, 8], ics=8,
+                            horizon=100.0, points=20, exact_t=1.0, device="cpu")
+    return run_hadamard(config, out, progress=False)
+
+
+def depth(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.depth import DepthConfig, run_depth
+
+    config = DepthConfig(classes=4, samples_per_class=2, dims=[8], depths=[1, 3], init_std=0.1, seeds=2, max_steps=1500,
+                         target_margin=5.0, records=10, device="cpu")
+    return run_depth(config, out, progress=False)
+
+
+def ntp(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.ntp import NtpConfig, run_ntp
+
+    config = NtpConfig(steps=40, bilinear_steps=200, bilinear_direction_steps=150, dim=16, layers=1, heads=2, synthetic_length=2000,
+                       records=4, measure_contexts=40, device="cpu", batch_size=64)
+    return run_ntp(config, out, progress=False)
+
+
+CASES: dict[str, Callable[[Path], dict[str, Any]]] = {"seli": seli, "imbalance": imbalance, "hadamard": hadamard, "depth": depth, "ntp": ntp}

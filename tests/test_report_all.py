@@ -160,3 +160,24 @@ def test_report_of_every_experiment_renders(name, runs, tmp_path):
     assert all(result["images"]) and result["hover"]
     assert len(result["images"]) == len(list((runs(name) / "figures").glob("*.png")))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_imbalance_sweep_table_and_report(tmp_path):
+    """imbalance is sweepable: one point per R (seeds batched), its nested results flattened into the table."""
+    from implicit_geometry.sweep import SweepSpec, read_table, run_sweep
+
+    spec = SweepSpec("imbalance", grid={"ratios": ["2", "6"]}, fixed={"classes": 4, "steps": 40, "records": 3, "device": "cpu"}, seeds=2)
+    result = run_sweep(spec, tmp_path / "s", executor="serial", progress=False)
+    rows = read_table(result.folder)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"} and [r["seed"] for r in rows] == [0, 1, 0, 1]
+    for r in rows:
+        point = tmp_path / "s" / "points" / r["point"]
+        s = read_json(point / "summary.json")
+        assert s["seeds"] == [0, 1] and not (point / "figures").exists()  # seeds batched in one run; figures skipped
+        assert r["ratios"] == s["points"][0]["ratio"]
+        assert r["points.learned_w_norm_ratio"] == pytest.approx(s["points"][0]["learned_w_norm_ratio"])
+        assert r["worst_distance"] == pytest.approx(s["worst_distance"]) and "points.solver_seconds" in r
+    specs = _specs(build_report(result.folder))
+    plot = next(s for s in specs.values() if s.get("param") == "ratios")
+    series = plot["metrics"]["points.predicted_w_norm_ratio"][0]
+    assert series["x"] == [2.0, 6.0] and series["y"][1] > series["y"][0] > 1  # majority classifiers grow with R

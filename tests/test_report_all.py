@@ -176,7 +176,7 @@ def test_imbalance_sweep_table_and_report(tmp_path):
         assert s["seeds"] == [0, 1] and not (point / "figures").exists()  # seeds batched in one run; figures skipped
         assert r["ratios"] == s["points"][0]["ratio"]
         assert r["points.learned_w_norm_ratio"] == pytest.approx(s["points"][0]["learned_w_norm_ratio"])
-        assert r["worst_distance"] == pytest.approx(s["worst_distance"]) and "points.solver_seconds" in r
+        assert r["worst_distance"] == pytest.approx(s["worst_distance"]) and "points.solver_seconds" not in r  # wall time
     specs = _specs(build_report(result.folder))
     plot = next(s for s in specs.values() if s.get("param") == "ratios")
     series = plot["metrics"]["points.predicted_w_norm_ratio"][0]

@@ -385,4 +385,4 @@ def run_imbalance(
 
 
 # ``igeom sweep imbalance``: each point is one run (its R/rho points trained one after the other, seeds batched).
-SWEEP = Sweepable(config=ImbalanceConfig, run=run_imbalance, figures_option="figures")
+SWEEP = Sweepable(config=ImbalanceConfig, run=run_imbalance, figures_option="figures", volatile=("seconds", "folder", "solver_seconds"))

@@ -396,4 +396,5 @@ def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, r
 
 # ``igeom sweep ntp``: one transformer per point and seed (``seeds`` is 1 here, so the sweep's seeds go through
 # ``first_seed``, which also seeds the planted corpus).
-SWEEP = Sweepable(config=NtpConfig, run=run_ntp, seeds_field=None, first_seed_field="first_seed", figures_option="figures")
+SWEEP = Sweepable(config=NtpConfig, run=run_ntp, seeds_field=None, first_seed_field="first_seed", figures_option="figures",
+                  volatile=("seconds", "folder", "prediction_seconds"))

@@ -412,7 +412,8 @@ def _history_section(page: _Page, rows: list[dict[str, str]]) -> None:
         xs_all = [_number(r.get(x)) if x else float(i) for i, r in enumerate(brows)]
         shift = 1.0 if x in ("step", "epoch", "iteration") and xs_all and min(v for v in xs_all if v is not None) == 0 and _log_scale([v + 1 for v in xs_all if v is not None]) else 0.0
         xs_all = [None if v is None else v + shift for v in xs_all]
-        xlog = _log_scale(xs_all)
+        # a continuous time axis on a log grid starting at t = 0 (hadamard) is drawn on a log axis without t = 0
+        xlog = _log_scale([v for v in xs_all if v is not None and (v > 0 or x not in X_NAMES)])
         xlabel = (x or "row") + (" + 1" if shift else "")
         groups = list(dict.fromkeys(tuple(r.get(k) for k in keys) for r in brows))
         seeds = list(dict.fromkeys(r.get("seed") for r in brows)) if has_seed else [None]

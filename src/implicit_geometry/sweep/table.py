@@ -34,7 +34,7 @@ def _nested_scalars(value: Any, seed: Any, seeds: Sequence[Any]) -> dict[str, An
     (depth's ``runs`` for one (d, L) cell). Other shapes (tables over several settings) stay in the point folder.
 
     >>> _nested_scalars([{"seed": 0, "rank": 2.0}, {"seed": 1, "rank": 3.0}], 1, [0, 1])
-    {'rank': 3.0}
+    {'seed': 1, 'rank': 3.0}
     >>> _nested_scalars({"gamma": 0.3, "grid": [1, 2]}, 0, [0])
     {'gamma': 0.3}
     """

@@ -44,6 +44,7 @@ h2{font-size:16px;margin:6px 0 10px}.verdict li{margin:3px 0}.grid{display:flex;
 .ig-legend{font-size:11px;max-width:470px}.ig-leg{display:inline-block;margin:1px 8px 1px 0;cursor:pointer}.ig-leg.ig-off{opacity:.35}
 .ig-swatch{display:inline-block;width:10px;height:10px;margin-right:3px;border-radius:2px;vertical-align:middle}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #e1e4e8;padding:2px 6px;text-align:left;vertical-align:top}
+td{white-space:nowrap;max-width:24em;overflow:hidden;text-overflow:ellipsis}
 th{background:#f0f2f5;position:sticky;top:0}table.ig-sortable th{cursor:pointer}th[data-sort=asc]:after{content:" \\25B2"}th[data-sort=desc]:after{content:" \\25BC"}
 .scroll{max-height:520px;overflow:auto}.pair{display:flex;gap:6px;align-items:flex-start;border:1px solid #eee;padding:6px;border-radius:4px}
 .note{color:#666;font-size:12px}img.fig{max-width:100%;width:560px;border:1px solid #eee}figure{margin:0}.failed{color:#b00020}
@@ -108,7 +109,11 @@ def _kv_table(d: dict[str, Any]) -> str:
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], sortable: bool = True, css: str = "") -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in r) + "</tr>" for r in rows)
+    def cell(v: Any) -> str:  # long text is cut to one line by the CSS; the whole of it shows on hover
+        text = _esc(v)
+        return f'<td title="{text}">{text}</td>' if len(text) > 40 else f"<td>{text}</td>"
+
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
     cls = ' class="ig-sortable"' if sortable else ""
     return f'<div class="scroll {css}"><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -513,7 +518,7 @@ def _sweep_sections(page: _Page, folder: Path) -> None:
     metrics = [c for c in numeric if len({_number(r.get(c)) for r in done} - {None}) > 1] or numeric
     swept = [k for k in (meta.get("grid") or {}) if k in config_cols and len({str(r.get(k)) for r in rows}) > 1]
     if metrics and swept and done:
-        default = next((m for m in metrics if m.startswith("dist")), metrics[0])
+        default = next((m for m in metrics if m.split(".")[-1].startswith("dist")), metrics[0])  # points.dist_W too
         options = "".join(f'<option value="{_esc(m)}"{" selected" if m == default else ""}>{_esc(m)}</option>' for m in metrics)
         plots = [page.plot("sweep", _sweep_plot_spec(done, param, [k for k in swept if k != param], metrics)) for param in swept]
         picker = f'<p><label>result: <select id="ig-metric">{options}</select></label></p>'

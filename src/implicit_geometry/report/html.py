@@ -376,7 +376,7 @@ def _history_section(page: _Page, rows: list[dict[str, str]]) -> None:
 
     Generic rules, so that every experiment's history reads well: text columns (hadamard's ``analysis``) split the
     rows into blocks plotted apart; the x axis is the first of ``step``/``t``/``epoch``/...; numeric columns left of
-    it, and ``seed``, identify a run (imbalance's ``ratio``, depth's ``dim``, ``depth``) and give one line each
+    it (without one: the leading integer columns), and ``seed``, identify a run (imbalance's ``ratio``, depth's ``dim``, ``depth``) and give one line each
     (constant or redundant ones left out of the legend); in a block where the x column is constant (a table such
     as hadamard's rank against depth), the identifying column with most values becomes the x axis. Columns
     ``name1, name2, ...`` (depth's singular values ``sv1..svK``) are drawn together as one plot per run group.
@@ -388,6 +388,12 @@ def _history_section(page: _Page, rows: list[dict[str, str]]) -> None:
     text_cols = [c for c in columns if not numeric[c] and any(r.get(c) for r in rows)]
     xkey = next((c for c in X_NAMES if c in columns and numeric[c]), None)
     id_cols = [c for c in (columns[: columns.index(xkey)] if xkey else []) if numeric[c] and c != "seed"]
+    if xkey is None:  # a table of settings (head-depth: depth, width, results): its leading integer columns
+        for c in columns:
+            vals = [_number(r.get(c)) for r in rows if r.get(c) not in (None, "")]
+            if c == "seed" or not numeric[c] or not all(v is not None and float(v).is_integer() for v in vals):
+                break
+            id_cols.append(c)
     blocks: dict[tuple[Any, ...], list[dict[str, str]]] = {}
     for r in rows:
         blocks.setdefault(tuple(r.get(c) for c in text_cols), []).append(r)

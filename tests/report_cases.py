@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,4 +46,22 @@ def ntp(out: Path) -> dict[str, Any]:
     return run_ntp(config, out, progress=False, figures=False)
 
 
+def network(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.network import NetworkConfig, run_network
+
+    config = NetworkConfig(dataset="digits", per_class=10, width=16, epochs=2, measure_every=1, seeds=2, batch_size=32,
+                           permutations=2, device="cpu")
+    return run_network(config, out, progress=False)
+
+
+def head_depth(out: Path) -> dict[str, Any]:
+    from implicit_geometry.experiments.head_depth import HeadDepthConfig, run_head_depth
+
+    net = {"dataset": "digits", "per_class": 10, "epochs": 2, "batch_size": 32, "device": "cpu", "measure_every": 1}
+    return run_head_depth(HeadDepthConfig(depths=[1, 2], widths=[8], network=net), out, progress=False)
+
+
 CASES: dict[str, Callable[[Path], dict[str, Any]]] = {"seli": seli, "imbalance": imbalance, "hadamard": hadamard, "depth": depth, "ntp": ntp}
+# The real-network experiments (another branch): covered where they are installed, with scikit-learn's digits.
+if importlib.util.find_spec("implicit_geometry.experiments.network") is not None and importlib.util.find_spec("sklearn") is not None:
+    CASES.update({"network": network, "head-depth": head_depth})

@@ -30,6 +30,7 @@ from implicit_geometry.experiments.base import Interrupted, check_resume_folder,
 from implicit_geometry.geometry.metrics import effective_rank, normalized_distance, stable_rank
 from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.models.ufm import DeepUFM
+from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.losses import CrossEntropy
 from implicit_geometry.train.simulator import OptimizerConfig, record_steps
 
@@ -267,7 +268,7 @@ class DepthRun:
                 self.cell = None
                 self.cell_index += 1
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, figures: bool = True) -> dict[str, Any]:
         c = self.config
         write_csv(self.folder / "history.csv", self.histories)
         res = self.results
@@ -298,7 +299,8 @@ class DepthRun:
                   seeds=np.array([r["seed"] for r in res]), terminal=np.array([r["terminal"] for r in res]),
                   effective_rank=np.array([r["effective_rank"] for r in res]),
                   mean_logits=np.array([r["mean_logits"] for r in res]))
-        self._figures()
+        if figures:
+            self._figures()
         write_json(self.folder / "summary.json", summary)
         (self.folder / "checkpoint.pt").unlink(missing_ok=True)
         return summary
@@ -327,8 +329,9 @@ def verdict(summary: dict[str, Any]) -> list[str]:
 
 
 def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the depth sweep; returns the summary (also in ``summary.json``)."""
+              progress: bool = True, figures: bool = True) -> dict[str, Any]:
+    """Run (or resume) the depth sweep; returns the summary (also in ``summary.json``).
+    ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
     if resume is not None:
         folder = check_resume_folder(Path(resume))
         config = DepthConfig.from_dict(read_json(folder / "config.json"))
@@ -343,6 +346,10 @@ def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, 
         write_json(folder / "config.json", config.to_dict())
         run = DepthRun(config, folder)
     run.train(progress=progress)
-    summary = run.finish()
+    summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
+
+
+# ``igeom sweep depth``: each point is one run over its (d, L) cells, seeds batched in one simulation per cell.
+SWEEP = Sweepable(config=DepthConfig, run=run_depth, figures_option="figures")

@@ -33,6 +33,7 @@ from implicit_geometry.imbalance.losses import check_loss, loss_parameters, simu
 from implicit_geometry.imbalance.predict import imbalance_geometry
 from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.models.ufm import DeepUFM
+from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.simulator import OptimizerConfig, Simulator, record_steps
 
 DISTANCE_KEYS = ("dist_W", "dist_H", "dist_means", "dist_Z")
@@ -226,6 +227,10 @@ class ImbalanceRun:
         self.finals[f"pred_W_gram_{tag}"] = self.target.W_gram
         self.finals[f"pred_mean_gram_{tag}"] = self.target.mean_gram
         self.finals[f"pred_logits_{tag}"] = self.target.class_logits
+        # learned Grams of the first seed beside the predicted ones (the report pairs pred_X with learned_X)
+        means0 = H[0] @ onehot / self.counts
+        self.finals[f"learned_W_gram_{tag}"] = W[0] @ W[0].T
+        self.finals[f"learned_mean_gram_{tag}"] = means0.T @ means0
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -271,7 +276,7 @@ class ImbalanceRun:
                 self._finish_point()
                 self.point += 1
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, figures: bool = True) -> dict[str, Any]:
         c = self.config
         write_csv(self.folder / "history.csv", self.history)
         write_csv(self.folder / "points.csv", [{k: v for k, v in r.items() if k != "counts"} for r in self.results])
@@ -293,7 +298,8 @@ class ImbalanceRun:
             "points": self.results,
         }
         summary["verdict"] = verdict(summary)
-        self._figures()
+        if figures:
+            self._figures()
         write_json(self.folder / "summary.json", summary)
         (self.folder / "checkpoint.pt").unlink(missing_ok=True)
         return summary
@@ -354,8 +360,10 @@ def run_imbalance(
     *,
     resume: Path | str | None = None,
     progress: bool = True,
+    figures: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the imbalance sweep; returns the summary (also written to ``summary.json``)."""
+    """Run (or resume) the imbalance sweep; returns the summary (also written to ``summary.json``).
+    ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
     sim_state = None
     if resume is not None:
         folder = check_resume_folder(Path(resume))
@@ -371,6 +379,10 @@ def run_imbalance(
         write_json(folder / "config.json", config.to_dict())
         run = ImbalanceRun(config, folder)
     run.train(progress=progress, sim_state=sim_state)
-    summary = run.finish()
+    summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
+
+
+# ``igeom sweep imbalance``: each point is one run (its R/rho points trained one after the other, seeds batched).
+SWEEP = Sweepable(config=ImbalanceConfig, run=run_imbalance, figures_option="figures", volatile=("seconds", "folder", "solver_seconds"))

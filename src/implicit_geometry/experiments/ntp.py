@@ -28,6 +28,7 @@ from implicit_geometry.experiments.base import (
     resolve_device,
 )
 from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.simulator import record_steps
 
 
@@ -231,7 +232,7 @@ class NtpRun:
         self.seconds = float(state["seconds"])
 
     # -- results ------------------------------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
+    def finish(self, figures: bool = True) -> dict[str, Any]:
         c = self.config
         write_csv(self.folder / "history.csv", [{k: v for k, v in r.items()} for r in self.history])
         final = self.history[-1]
@@ -252,12 +253,18 @@ class NtpRun:
             "bilinear": {k: v for k, v in (self.bilinear or {}).items() if k != "history"},
         }
         summary["verdict"] = verdict(summary)
-        self._figures()
+        if figures:
+            self._figures()
         with torch.no_grad():
             H = self.net.context_embeddings(self.measure_x).cpu().numpy()
-        write_npz(self.folder / "final.npz", W=self.net.unembedding.weight.detach().cpu().numpy(), H=H.T,
+        from implicit_geometry.ntp.measure import learned_grams
+
+        W = self.net.unembedding.weight.detach().cpu().numpy()
+        GW, GH = learned_grams(W, H.T)  # as measured: W centered over words, h projected on its row space
+        write_npz(self.folder / "final.npz", W=W, H=H.T,
                   measured_contexts=self.rows, predicted_W_gram=self.geometry.W_gram,
-                  predicted_context_gram=self.geometry.context_gram(self.rows), L_mm_distinct=self.geometry.svm.X,
+                  predicted_context_gram=self.geometry.context_gram(self.rows), learned_W_gram=GW, learned_context_gram=GH,
+                  L_mm_distinct=self.geometry.svm.X,
                   supports_distinct=self.geometry.svm.supports, multiplicity=self.geometry.svm.multiplicity)
         write_json(self.folder / "summary.json", summary)
         (self.folder / "checkpoint.pt").unlink(missing_ok=True)
@@ -361,8 +368,10 @@ def verdict(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the ntp experiment; returns the summary (also written to ``summary.json``)."""
+def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None, progress: bool = True,
+            figures: bool = True) -> dict[str, Any]:
+    """Run (or resume) the ntp experiment; returns the summary (also written to ``summary.json``).
+    ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
     if resume is not None:
         folder = check_resume_folder(Path(resume))
         config = NtpConfig.from_dict(read_json(folder / "config.json"))
@@ -380,6 +389,12 @@ def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, r
         run.bilinear = run.run_bilinear()
         run.save_checkpoint()
     run.train(progress)
-    summary = run.finish()
+    summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
+
+
+# ``igeom sweep ntp``: one transformer per point and seed (``seeds`` is 1 here, so the sweep's seeds go through
+# ``first_seed``, which also seeds the planted corpus).
+SWEEP = Sweepable(config=NtpConfig, run=run_ntp, seeds_field=None, first_seed_field="first_seed", figures_option="figures",
+                  volatile=("seconds", "folder", "prediction_seconds"))

@@ -74,6 +74,7 @@
       return {name: s.name, color: COLORS[i % COLORS.length], pts: pts, hidden: false};
     });
     var full = null, zoom = null;
+    var intX = series.every(function (s) { return s.pts.every(function (p) { return Math.abs(p.x - Math.round(p.x)) < 1e-9; }); });
     function domains() {
       var xs = [], ys = [];
       series.forEach(function (s) {
@@ -120,6 +121,10 @@
       svgEl("rect", {x: L, y: T, width: W - L - R, height: H - T - B, fill: "#fff", stroke: "#bbb"}, svg);
       // axes and grid
       var xt = xcats ? xcats.map(function (_, i) { return i; }) : (spec.xlog ? logTicks(d.x0, d.x1) : niceTicks(d.x0, d.x1, 5));
+      if (intX && !spec.xlog && !xcats) { // integer settings (depth 1, 2, 3): no ticks in between
+        xt = xt.filter(function (t) { return Math.abs(t - Math.round(t)) < 1e-9; });
+        if (xt.length < 2) xt = niceTicks(Math.ceil(d.x0), Math.floor(d.x1), Math.max(1, Math.floor(d.x1) - Math.ceil(d.x0)));
+      }
       xt.forEach(function (t) {
         if (t < d.x0 || t > d.x1) return;
         var X = sx(t);
@@ -232,7 +237,7 @@
   function heatmap(container, spec) {
     container.textContent = "";
     var z = spec.z || [], n = z.length, m = n ? z[0].length : 0;
-    var S = 230, cell = S / Math.max(n, m, 1), W = m * cell + 70, H = n * cell + 10;
+    var S = 230, cell = S / Math.max(n, m, 1), W = m * cell + 82, H = n * cell + 10;
     var vmax = spec.vmax || 0;
     if (!vmax) z.forEach(function (r) { r.forEach(function (v) { if (finite(v)) vmax = Math.max(vmax, Math.abs(v)); }); });
     vmax = vmax || 1;

@@ -28,6 +28,26 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+def _nested_scalars(value: Any, seed: Any, seeds: Sequence[Any]) -> dict[str, Any]:
+    """The scalars of a nested summary value that belong in a row of ``seed``: a dict of scalars
+    (``loss_parameters``), a list of one record (imbalance's ``points`` at one R), or a list of one record per seed
+    (depth's ``runs`` for one (d, L) cell). Other shapes (tables over several settings) stay in the point folder.
+
+    >>> _nested_scalars([{"seed": 0, "rank": 2.0}, {"seed": 1, "rank": 3.0}], 1, [0, 1])
+    {'seed': 1, 'rank': 3.0}
+    >>> _nested_scalars({"gamma": 0.3, "grid": [1, 2]}, 0, [0])
+    {'gamma': 0.3}
+    """
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if _is_scalar(v)}
+    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+        if len(value) == 1:
+            return {k: v for k, v in value[0].items() if _is_scalar(v)}
+        if [r.get("seed") for r in value] == list(seeds) and seed is not None:
+            return {k: v for k, v in value[list(seeds).index(seed)].items() if _is_scalar(v)}
+    return {}
+
+
 def point_rows(point: Point, folder: Path, spec: SweepSpec) -> list[dict[str, Any]]:
     """The rows of one point (one per seed)."""
     from implicit_geometry.sweep.runner import point_status
@@ -63,6 +83,12 @@ def point_rows(point: Point, folder: Path, spec: SweepSpec) -> list[dict[str, An
         for key, vals in per_seed.items():  # per-seed results without a mean in the summary
             if key not in row and key not in skip and isinstance(vals, list) and len(vals) == len(seeds) and _is_scalar(vals[i]):
                 row[key] = vals[i]
+        for key, value in summary.items():  # nested results, flattened as key.field
+            if key in skip:
+                continue
+            for field, v in _nested_scalars(value, seed, seeds).items():
+                if field not in set(sweep.volatile) | {"seed"} and f"{key}.{field}" not in row:
+                    row[f"{key}.{field}"] = v
         row["error"] = error
         rows.append(row)
     return rows

@@ -335,8 +335,9 @@ class ImbalanceRun:
 def verdict(summary: dict[str, Any]) -> list[str]:
     pts = summary["points"]
     worst = summary["worst_distance"]
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in (summary["loss_parameters"] or {}).items())
     lines = [
-        f"{summary['loss']} {summary['loss_parameters']}: {len(pts)} points (R, rho), {summary['steps']} steps each; "
+        f"{summary['loss']}{' (' + params + ')' if params else ''}: {len(pts)} points (R, rho), {summary['steps']} steps each; "
         f"worst normalized distance to the predicted geometry {worst:.1e}"
     ]
     last = max(pts, key=lambda r: (r["ratio"], r["minority_fraction"]))

@@ -10,7 +10,15 @@ from implicit_geometry.geometry.targets import labels_from_counts
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train import CrossEntropy, OptimizerConfig, Simulator, record_steps
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 tensors in this module only (a global default would leak into other tests in the same worker)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def reference_loss(Z, y, mult=None, add=None, weights=None, label_dependent=False, reduction="sum"):

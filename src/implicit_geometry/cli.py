@@ -93,8 +93,6 @@ def predict() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
 def predict_seli(counts: str, as_json: bool) -> None:
     """The SELI geometry for the given class counts: Grams, norms and angles."""
-    import numpy as np
-
     from implicit_geometry.geometry.targets import seli_geometry
     from implicit_geometry.io import dumps_json
 
@@ -112,9 +110,16 @@ def predict_seli(counts: str, as_json: bool) -> None:
     if as_json:
         click.echo(dumps_json(out))
         return
-    np.set_printoptions(precision=4, suppress=True, linewidth=140)
-    for key in ("classifier_norms", "feature_norms", "classifier_cosines", "feature_cosines"):
-        click.echo(f"{key}:\n{np.asarray(out[key])}")
+    echo_geometry(out)
+
+
+def echo_geometry(out: dict[str, Any]) -> None:
+    """Print a predicted geometry's norms and cosines (NumPy print options changed only inside)."""
+    import numpy as np
+
+    with np.printoptions(precision=4, suppress=True, linewidth=140):
+        for key in ("classifier_norms", "feature_norms", "classifier_cosines", "feature_cosines"):
+            click.echo(f"{key}:\n{np.asarray(out[key])}")
 
 
 def cli(argv: list[str] | None = None) -> Any:

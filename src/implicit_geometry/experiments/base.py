@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_choice
+from implicit_geometry.io import read_json, write_json
 
 
 class Interrupted(Exception):
@@ -107,3 +110,61 @@ def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr, smoothing=0.05, mininterval=0.5, unit="step")
+
+
+class ExperimentConfig:
+    """Mixin for the experiments' config dataclasses: ``to_dict``/``from_dict`` (unknown keys refused, then
+    ``validate``), with the fields named in ``INF_FIELDS`` stored as JSON null when infinite."""
+
+    INF_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> Any:
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        for name in self.INF_FIELDS:
+            if d.get(name) == math.inf:
+                d[name] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
+        d = dict(d)
+        for name in cls.INF_FIELDS:
+            if name in d and d[name] is None:
+                d[name] = math.inf
+        return cls(**d).validate()
+
+
+def open_run_folder(
+    experiment: str,
+    config_cls: type,
+    config: Any | None,
+    out: Path | str | None,
+    resume: Path | str | None,
+    *,
+    precheck: Callable[[Any], None] | None = None,
+) -> tuple[Path, Any, dict[str, Any] | None]:
+    """Where a run lives and with which config: ``(folder, config, finished_summary)``.
+
+    Resuming reads the config from the folder, and returns the folder's summary as ``finished_summary`` when the
+    run had already finished (resuming it is then a no-op). A new run validates ``config`` (default
+    ``config_cls()``), runs ``precheck(config)`` (e.g. loading the data) before creating anything, creates ``out``
+    (default ``runs/<experiment>-<time>``) and writes ``config.json``.
+    """
+    if resume is not None:
+        folder = check_resume_folder(Path(resume))
+        config = config_cls.from_dict(read_json(folder / "config.json"))
+        finished = (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists()
+        return folder, config, read_json(folder / "summary.json") if finished else None
+    config = (config or config_cls()).validate()
+    if precheck is not None:
+        precheck(config)
+    folder = prepare_out(Path(out) if out is not None else None, experiment)
+    write_json(folder / "config.json", config.to_dict())
+    return folder, config, None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,16 @@ import torch
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
 from implicit_geometry.depth.reading import read_geometry
 from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
-from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar, resolve_device
-from implicit_geometry.geometry.metrics import effective_rank, normalized_distance, stable_rank
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.experiments.base import (
+    ExperimentConfig,
+    Interrupted,
+    interruptible,
+    open_run_folder,
+    progress_bar,
+    resolve_device,
+)
+from implicit_geometry.geometry.metrics import effective_rank, normalized_distance
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.losses import CrossEntropy
@@ -38,7 +45,7 @@ STEPPERS = ("path", "ngd", "gd")
 
 
 @dataclass
-class DepthConfig:
+class DepthConfig(ExperimentConfig):
     classes: int = 10
     samples_per_class: int = 5
     dims: list[int] = field(default_factory=lambda: [100])
@@ -81,16 +88,7 @@ class DepthConfig:
         self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DepthConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
-        return cls(**d).validate()
 
     @property
     def cells(self) -> list[tuple[int, int]]:
@@ -332,19 +330,12 @@ def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, 
               progress: bool = True, figures: bool = True) -> dict[str, Any]:
     """Run (or resume) the depth sweep; returns the summary (also in ``summary.json``).
     ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        config = DepthConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-        run = DepthRun(config, folder)
-        if (folder / "checkpoint.pt").exists():
-            run.load_checkpoint()
-    else:
-        config = (config or DepthConfig()).validate()
-        folder = prepare_out(Path(out) if out is not None else None, "depth")
-        write_json(folder / "config.json", config.to_dict())
-        run = DepthRun(config, folder)
+    folder, config, finished = open_run_folder("depth", DepthConfig, config, out, resume)
+    if finished is not None:
+        return finished
+    run = DepthRun(config, folder)
+    if (folder / "checkpoint.pt").exists():
+        run.load_checkpoint()
     run.train(progress=progress)
     summary = run.finish(figures=figures)
     summary["folder"] = str(folder)

@@ -25,7 +25,7 @@ are counted apart and never reported as neural collapse.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,14 @@ from implicit_geometry.dynamics.reduced import (
     predicted_runaway_times,
     solve_reduced,
 )
-from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.experiments.base import (
+    ExperimentConfig,
+    Interrupted,
+    interruptible,
+    open_run_folder,
+    progress_bar,
+)
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 
 ANALYSES = ("exactness", "trajectories", "rank", "basin", "repulsion")
 
@@ -67,7 +73,7 @@ def _int_list(name: str, values: Any, minimum: int, power_of_two: bool = False) 
 
 
 @dataclass
-class HadamardConfig:
+class HadamardConfig(ExperimentConfig):
     classes: int = 16
     depths: list[int] = field(default_factory=lambda: [1, 2, 3])
     rank_depths: list[int] = field(default_factory=lambda: list(range(1, 11)))
@@ -134,16 +140,7 @@ class HadamardConfig:
         self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HadamardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
-        return cls(**d).validate()
 
 
 class HadamardRun:
@@ -495,19 +492,12 @@ def run_hadamard(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the hadamard experiment; returns the summary (also written to ``summary.json``)."""
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        config = HadamardConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-        run = HadamardRun(config, folder)
-        if (folder / "checkpoint.pt").exists():
-            run.load_checkpoint()
-    else:
-        config = (config or HadamardConfig()).validate()
-        folder = prepare_out(Path(out) if out is not None else None, "hadamard")
-        write_json(folder / "config.json", config.to_dict())
-        run = HadamardRun(config, folder)
+    folder, config, finished = open_run_folder("hadamard", HadamardConfig, config, out, resume)
+    if finished is not None:
+        return finished
+    run = HadamardRun(config, folder)
+    if (folder / "checkpoint.pt").exists():
+        run.load_checkpoint()
     run.compute(progress=progress)
     summary = run.finish()
     summary["folder"] = str(folder)

@@ -9,20 +9,27 @@ experiment's conventions; a checkpoint holds the finished rows and the running c
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from implicit_geometry._validation import InvalidParameterError, check_int
-from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar, resolve_device
+from implicit_geometry.experiments.base import (
+    ExperimentConfig,
+    Interrupted,
+    interruptible,
+    open_run_folder,
+    progress_bar,
+    resolve_device,
+)
 from implicit_geometry.experiments.network import NetworkConfig, NetworkTrainer, prepare_data
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 
 
 @dataclass
-class HeadDepthConfig:
+class HeadDepthConfig(ExperimentConfig):
     depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     widths: list[int] = field(default_factory=lambda: [128])
     network: dict[str, Any] = field(default_factory=lambda: {"dataset": "digits", "per_class": 0, "epochs": 30, "batch_size": 64,
@@ -43,29 +50,15 @@ class HeadDepthConfig:
         b = self.base()
         return [replace(b, depth=d, width=w) for w in self.widths for d in self.depths]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HeadDepthConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(set(d) - known)})")
-        return cls(**d).validate()
 
 
 def run_head_depth(config: HeadDepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,
                    progress: bool = True) -> dict[str, Any]:
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        config = HeadDepthConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-    else:
-        config = (config or HeadDepthConfig()).validate()
-        prepare_data(config.base())
-        folder = prepare_out(Path(out) if out is not None else None, "head-depth")
-        write_json(folder / "config.json", config.to_dict())
+    folder, config, finished = open_run_folder("head-depth", HeadDepthConfig, config, out, resume,
+                                               precheck=lambda c: prepare_data(c.base()))
+    if finished is not None:
+        return finished
     runs = config.runs()
     base = config.base()
     device = resolve_device(base.device)

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
 from implicit_geometry.experiments.base import (
+    ExperimentConfig,
     Interrupted,
-    check_resume_folder,
     interruptible,
-    prepare_out,
+    open_run_folder,
     progress_bar,
     resolve_device,
 )
@@ -31,7 +31,7 @@ from implicit_geometry.geometry.batched import GeometryDistances
 from implicit_geometry.geometry.targets import step_imbalance_counts
 from implicit_geometry.imbalance.losses import check_loss, loss_parameters, simulator_loss
 from implicit_geometry.imbalance.predict import imbalance_geometry
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.simulator import OptimizerConfig, Simulator, record_steps
@@ -41,7 +41,9 @@ SHAPE_KEYS = ("w_norm_ratio", "h_norm_ratio", "w_cos_min", "w_cos_maj", "w_cos_a
 
 
 @dataclass
-class ImbalanceConfig:
+class ImbalanceConfig(ExperimentConfig):
+    INF_FIELDS: ClassVar[tuple[str, ...]] = ("norm_ref",)
+
     classes: int = 10
     ratios: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 20.0])
     minority_fractions: list[float] = field(default_factory=lambda: [0.5])
@@ -100,21 +102,7 @@ class ImbalanceConfig:
     def points(self) -> list[tuple[float, float]]:
         return [(rho, R) for rho in self.minority_fractions for R in self.ratios]
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["norm_ref"] = None if self.norm_ref == math.inf else self.norm_ref
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImbalanceConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
-        d = dict(d)
-        if d.get("norm_ref", 0) is None:
-            d["norm_ref"] = math.inf
-        return cls(**d).validate()
 
 
 def group_shape(W_gram: np.ndarray, mean_gram: np.ndarray, k_maj: int) -> dict[str, float]:
@@ -366,19 +354,12 @@ def run_imbalance(
     """Run (or resume) the imbalance sweep; returns the summary (also written to ``summary.json``).
     ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
     sim_state = None
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        config = ImbalanceConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-        run = ImbalanceRun(config, folder)
-        if (folder / "checkpoint.pt").exists():
-            sim_state = run.load_checkpoint()
-    else:
-        config = (config or ImbalanceConfig()).validate()
-        folder = prepare_out(Path(out) if out is not None else None, "imbalance")
-        write_json(folder / "config.json", config.to_dict())
-        run = ImbalanceRun(config, folder)
+    folder, config, finished = open_run_folder("imbalance", ImbalanceConfig, config, out, resume)
+    if finished is not None:
+        return finished
+    run = ImbalanceRun(config, folder)
+    if (folder / "checkpoint.pt").exists():
+        sim_state = run.load_checkpoint()
     run.train(progress=progress, sim_state=sim_state)
     summary = run.finish(figures=figures)
     summary["folder"] = str(folder)

@@ -75,7 +75,6 @@ def command(classes, ratios, minority_fractions, n_min, loss, gamma, tau, beta, 
 def predict_command(counts, classes, ratio, minority_fraction, n_min, loss, gamma, tau, beta, temperatures, weight_decay, as_json) -> None:
     """Predicted UFM geometry under imbalance for a loss (no training): Grams, norms, angles; with step
     imbalance also the closed-form norm ratios and cosines."""
-    import numpy as np
 
     from implicit_geometry._validation import check_counts
     from implicit_geometry.geometry.targets import step_imbalance_counts
@@ -114,10 +113,10 @@ def predict_command(counts, classes, ratio, minority_fraction, n_min, loss, gamm
     if as_json:
         click.echo(dumps_json(out))
         return
-    np.set_printoptions(precision=4, suppress=True, linewidth=140)
+    from implicit_geometry.cli import echo_geometry
+
     click.echo(f"{g.name}: {params.to_dict()['loss']} {params.hyper}, solver {info.method} ({info.seconds * 1e3:.1f} ms)")
-    for key in ("classifier_norms", "feature_norms", "classifier_cosines", "feature_cosines"):
-        click.echo(f"{key}:\n{np.asarray(out[key])}")
+    echo_geometry(out)
     if "closed_form" in out:
         cf = out["closed_form"]
         click.echo("closed form (step imbalance): " + ", ".join(f"{k} {v:.4f}" for k, v in cf.items() if isinstance(v, float)))

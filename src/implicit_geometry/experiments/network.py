@@ -11,16 +11,23 @@ NC4 streams it a second time against the first pass's class means. Mini-batch or
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
-from implicit_geometry.experiments.base import Interrupted, check_resume_folder, interruptible, prepare_out, progress_bar, resolve_device
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry._validation import check_choice, check_float, check_int
+from implicit_geometry.experiments.base import (
+    ExperimentConfig,
+    Interrupted,
+    interruptible,
+    open_run_folder,
+    progress_bar,
+    resolve_device,
+)
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 
 TRACKED = (
     "nc1", "cdnv", "nc3", "nc4", "equinorm_means", "equiangular_means", "etf_dist_means", "seli_dist_means",
@@ -30,7 +37,7 @@ TRACKED = (
 
 
 @dataclass
-class NetworkConfig:
+class NetworkConfig(ExperimentConfig):
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     model: str = "mlp"
@@ -79,15 +86,7 @@ class NetworkConfig:
         self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(set(d) - known)})")
-        return cls(**d).validate()
 
 
 def prepare_data(c: NetworkConfig):
@@ -178,17 +177,10 @@ def _row(epoch: int, seed: int, loss: float, m: dict[str, Any], seconds: float) 
 def run_network(config: NetworkConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,
                 progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the network experiment; returns the summary (also in ``summary.json``)."""
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        c = NetworkConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-    else:
-        c = (config or NetworkConfig()).validate()
-        data_probe = prepare_data(c)  # fail on bad data before creating the folder
-        del data_probe
-        folder = prepare_out(Path(out) if out is not None else None, "network")
-        write_json(folder / "config.json", c.to_dict())
+    # precheck: fail on bad data before creating the folder
+    folder, c, finished = open_run_folder("network", NetworkConfig, config, out, resume, precheck=prepare_data)
+    if finished is not None:
+        return finished
     device = resolve_device(c.device)
     data = prepare_data(c)
     seeds = list(range(c.first_seed, c.first_seed + c.seeds))

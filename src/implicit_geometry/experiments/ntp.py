@@ -9,9 +9,8 @@ contexts; the control is the same corpus with every support replaced by a random
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,20 @@ import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
 from implicit_geometry.experiments.base import (
+    ExperimentConfig,
     Interrupted,
-    check_resume_folder,
     interruptible,
-    prepare_out,
+    open_run_folder,
     progress_bar,
     resolve_device,
 )
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.simulator import record_steps
 
 
 @dataclass
-class NtpConfig:
+class NtpConfig(ExperimentConfig):
     corpus: str = "synthetic"  # synthetic | shakespeare | path of a text file
     data_dir: str = "data/shakespeare"
     tokenizer: str = "char"
@@ -84,16 +83,7 @@ class NtpConfig:
     def context_length(self) -> int:
         return self.context or (2 if self.corpus == "synthetic" else 3)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NtpConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
-        return cls(**d).validate()
 
 
 def load_corpus(config: NtpConfig) -> tuple[Any, np.ndarray]:
@@ -372,19 +362,12 @@ def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, r
             figures: bool = True) -> dict[str, Any]:
     """Run (or resume) the ntp experiment; returns the summary (also written to ``summary.json``).
     ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        config = NtpConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-        run = NtpRun(config, folder)
-        if (folder / "checkpoint.pt").exists():
-            run.load_checkpoint()
-    else:
-        config = (config or NtpConfig()).validate()
-        folder = prepare_out(Path(out) if out is not None else None, "ntp")
-        write_json(folder / "config.json", config.to_dict())
-        run = NtpRun(config, folder)
+    folder, config, finished = open_run_folder("ntp", NtpConfig, config, out, resume)
+    if finished is not None:
+        return finished
+    run = NtpRun(config, folder)
+    if (folder / "checkpoint.pt").exists():
+        run.load_checkpoint()
     if run.bilinear is None:
         run.bilinear = run.run_bilinear()
         run.save_checkpoint()

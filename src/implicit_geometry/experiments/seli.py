@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_counts, check_float, check_int
 from implicit_geometry.experiments.base import (
+    ExperimentConfig,
     Interrupted,
-    check_resume_folder,
     interruptible,
-    prepare_out,
-    threads_for,
+    open_run_folder,
     progress_bar,
     resolve_device,
+    threads_for,
 )
 from implicit_geometry.geometry.batched import GeometryDistances
 from implicit_geometry.geometry.targets import etf_geometry, seli_geometry
-from implicit_geometry.io import read_json, read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.sweep.contract import Sweepable
 from implicit_geometry.train.losses import CrossEntropy
@@ -38,7 +38,9 @@ DISTANCE_KEYS = ("dist_W", "dist_H", "dist_means", "dist_Z")
 
 
 @dataclass
-class SeliConfig:
+class SeliConfig(ExperimentConfig):
+    INF_FIELDS: ClassVar[tuple[str, ...]] = ("norm_ref",)
+
     counts: list[int] = field(default_factory=lambda: [20, 20, 20, 2, 2, 2, 2, 2, 2, 2])
     dim: int = 20
     depth: int = 1
@@ -78,21 +80,7 @@ class SeliConfig:
     def optimizer_config(self) -> OptimizerConfig:
         return OptimizerConfig(name=self.optimizer, lr=self.lr, norm_ref=self.norm_ref, weight_decay=self.weight_decay)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["norm_ref"] = None if self.norm_ref == math.inf else self.norm_ref
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SeliConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
-        d = dict(d)
-        if d.get("norm_ref", 0) is None:
-            d["norm_ref"] = math.inf
-        return cls(**d).validate()
 
 
 class SeliRun:
@@ -297,19 +285,12 @@ def run_seli(
 
     Raises :class:`Interrupted` after saving a checkpoint if SIGINT/SIGTERM arrives during training.
     """
-    if resume is not None:
-        folder = check_resume_folder(Path(resume))
-        config = SeliConfig.from_dict(read_json(folder / "config.json"))
-        if (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists():
-            return read_json(folder / "summary.json")
-        run = SeliRun(config, folder)
-        if (folder / "checkpoint.pt").exists():
-            run.load_checkpoint()
-    else:
-        config = (config or SeliConfig()).validate()
-        folder = prepare_out(Path(out) if out is not None else None, "seli")
-        write_json(folder / "config.json", config.to_dict())
-        run = SeliRun(config, folder)
+    folder, config, finished = open_run_folder("seli", SeliConfig, config, out, resume)
+    if finished is not None:
+        return finished
+    run = SeliRun(config, folder)
+    if (folder / "checkpoint.pt").exists():
+        run.load_checkpoint()
     run.train(progress=progress)
     summary = run.finish(figures=figures)
     summary["folder"] = str(folder)

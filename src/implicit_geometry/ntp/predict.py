@@ -325,6 +325,7 @@ def _active_set_mm(
     on = S.toarray() > 0
     history: list[float] = []
     it, kkt, f, first_kkt = 0, math.inf, math.inf, math.inf
+    t_prev, last = time.perf_counter(), 0.0
     for it in range(1, max_iter + 1):
         X, f, K, rank, lam_min = _sparse_polar(S, w, er, ec, sig)
         if rank < V - 1:  # the nuclear norm is not smooth there: the caller falls back to ADMM
@@ -337,7 +338,10 @@ def _active_set_mm(
         kkt = max(float(Roff.max()), float(np.abs(act[sig > 0]).max(initial=0.0)), float(act[sig == 0].max(initial=0.0)))
         if it == 1:
             first_kkt = float(np.max(np.sqrt(w)[:, None] * Roff))  # in units of Q = D R
-        if kkt <= tol or (time_limit is not None and time.perf_counter() - t0 > time_limit) or it == max_iter:
+        now = time.perf_counter()
+        last, t_prev = max(last, now - t_prev), now
+        # Steps get dearer as the working set grows: stop when the next one would likely overrun the time limit.
+        if kkt <= tol or (time_limit is not None and now - t0 + 2.0 * last > time_limit) or it == max_iter:
             break
         k = min(add_per_row, V - 1)
         idx = np.argpartition(-Roff, k, axis=1)[:, :k]

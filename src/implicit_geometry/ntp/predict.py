@@ -361,15 +361,20 @@ def _active_set_mm(
         source = np.repeat(row_start, sizes) + (np.arange(target.size) - np.repeat(np.cumsum(sizes) - sizes, sizes))
         Kp = K[ec[target], ec[source]]
         sk = R[er, ec] + np.bincount(target, weights=sig[source] * Kp, minlength=er.size)  # (s_j K)_v
-        del R
         step = math.sqrt(lam_min)  # 1 / largest eigenvalue of K
         y, x_old, tk = sig.copy(), sig.copy(), 1.0
+        timed_out = False
         for _ in range(inner):
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                timed_out = True  # keep the last evaluated point (sig, with the new entries at 0): f, R, kkt are its
+                break
             grad = np.bincount(target, weights=y[source] * Kp, minlength=er.size) - sk
             x_new = np.maximum(y - step * grad, 0.0)
             t_new = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
             y = x_new + (tk - 1.0) / t_new * (x_new - x_old)
             x_old, tk = x_new, t_new
+        if timed_out:
+            break
         sig = x_old
     bound, _ = _dual_bound(S, np.sqrt(w), R)
     info = {"centered_certificate_violation": max(first_kkt, 0.0), "kkt_residual": kkt, "dual_bound": bound, "duality_gap": (f - bound) / f, "working_set": int(er.size),

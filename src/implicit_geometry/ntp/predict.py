@@ -292,19 +292,17 @@ def _dual_bound(S: sp.csr_matrix, d: np.ndarray, R: np.ndarray) -> tuple[float, 
 
     The dual is ``max <Lam, D S>`` s.t. ``||Lam||_2 <= 1``, rows summing to 0, ``Lam <= 0`` off the support. Q is
     made feasible by clipping its positive off-support entries and giving that mass back on the row's support
-    (``Z = Q + Delta``); ``Z / (1 + ||Delta||_2)`` is feasible. Returns (bound, max positive off-support Q)."""
-    from scipy.sparse.linalg import svds
-
-    g, V = S.shape
+    (Z); ``Z / ||Z||_2`` is feasible (``||Z||_2`` from the V x V Gram ``Z^T Z``). Returns (bound, max positive
+    off-support Q)."""
     on = S.toarray() > 0
-    Q = d[:, None] * R
-    pos = np.where(on, 0.0, np.maximum(Q, 0.0))
+    Z = d[:, None] * R
+    pos = np.where(on, 0.0, np.maximum(Z, 0.0))
     excess = pos.sum(axis=1)
-    sizes = np.diff(S.indptr)
-    Delta = sp.csr_matrix(-pos) + sp.csr_matrix(on * (excess / sizes)[:, None])
-    val = float((np.where(on, Q, 0.0).sum(axis=1) + excess) @ d)  # <Z, D S>: each row's support gets +excess
-    norm = float(svds(Delta, k=1, return_singular_vectors=False)[0]) if Delta.nnz else 0.0
-    return val / (1.0 + norm), float(pos.max(initial=0.0))
+    Z -= pos
+    Z += on * (excess / np.diff(S.indptr))[:, None]
+    val = float(np.where(on, Z, 0.0).sum(axis=1) @ d)
+    norm = math.sqrt(float(np.linalg.eigvalsh(Z.T @ Z)[-1]))
+    return val / norm, float(pos.max(initial=0.0))
 
 
 def _active_set_mm(

@@ -106,6 +106,33 @@ def test_ntp_svm_matches_cvxpy(seed):
     assert res.centered_distance == pytest.approx(normalized_distance(L, centered(S)), abs=1e-9)
 
 
+def _random_sparse_supports(rng, m, V, max_size):
+    S = np.zeros((m, V))
+    for j in range(m):
+        S[j, rng.choice(V, int(rng.integers(1, max_size + 1)), replace=False)] = 1
+    return S
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_active_set_solver_matches_cvxpy_and_admm(seed):
+    # Many random small supports: D S_c has full rank V - 1 and the centered support matrix is not optimal.
+    rng = np.random.default_rng(300 + seed)
+    m, V = int(rng.integers(30, 50)), int(rng.integers(8, 14))
+    S = _random_sparse_supports(rng, m, V, V // 3)
+    res = ntp_svm(S, method="active-set", tol=1e-11, max_iter=5000)
+    assert res.info["method"] == "active-set" and not res.certified
+    L_ref, obj_ref = ntp_svm_cvxpy(S, solver="CLARABEL")
+    assert res.objective == pytest.approx(obj_ref, rel=1e-6)
+    assert normalized_distance(res.L, L_ref) < 1e-4
+    # the dual bound is a lower bound and tight at the solution
+    assert res.info["dual_bound"] <= obj_ref * (1 + 1e-9)
+    assert res.info["duality_gap"] < 1e-6
+    admm = ntp_svm(S, method="admm")
+    assert admm.objective == pytest.approx(res.objective, rel=1e-6)
+    with pytest.raises(InvalidParameterError):
+        ntp_svm(S, method="newton")
+
+
 def test_centered_support_is_not_always_optimal_and_certificate_is_sound():
     rng = np.random.default_rng(7)
     found_gap = found_cert = False

@@ -156,13 +156,17 @@ def ntp_svm(
     tol: float = 1e-9,
     max_iter: int = 20000,
     time_limit: float | None = None,
+    method: str = "auto",
 ) -> SVMResult:
     """Solve the NTP-SVM ``min ||L||_*`` s.t. equal logits on each support and margin 1 to every other token.
 
     Args:
         support: m x V 0/1 support matrix (dense or sparse). Rows with equal supports are merged.
         multiplicity: optional per-row positive integer weights (a row standing for that many contexts).
-        tol: stopping tolerance of ADMM (relative primal and dual residuals).
+        tol: stopping tolerance (ADMM: relative primal and dual residuals; active set: KKT residual).
+        time_limit: seconds after which the best iterate so far is returned.
+        method: ``"admm"``, ``"active-set"`` (majorize-minimize on a sparse slack through the V x V Gram; needs
+            ``D S_c`` of full rank V - 1, else ADMM is used) or ``"auto"`` (active set when g * V >= 10^6).
 
     >>> res = ntp_svm(np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]]))
     >>> res.certified, round(res.objective, 6), res.multiplicity.tolist()
@@ -187,14 +191,30 @@ def ntp_svm(
     S = _dense01(Sfull[first])
     _check_support(S)
     g, V = S.shape
+    if method not in ("auto", "admm", "active-set"):
+        raise InvalidParameterError(f"method must be one of 'auto', 'admm', 'active-set' (got {method!r})")
     d = np.sqrt(mult_w)[:, None]
+    if method == "active-set" or (method == "auto" and g * V >= 1_000_000):
+        out = _active_set_mm(sp.csr_matrix(S), mult_w, tol=tol, max_iter=max_iter, time_limit=time_limit, t0=t0)
+        if out is not None:
+            er, ec, sig, obj, it, info = out
+            Sc = centered(S)
+            certified = it == 1 and info["centered_certificate_violation"] <= 1e-10
+            X = S.copy()
+            X[er, ec] -= sig
+            X = centered(X)
+            info["method"] = "active-set"
+            info["certificate_violation"] = info["kkt_residual"]
+            info["slack_entries"] = int((sig > 1e-9).sum())
+            return SVMResult(X, S, mult_w, group, obj, info["objective_history"][0], 0.0 if certified else _weighted_distance(X, Sc, mult_w),
+                             certified, it, time.perf_counter() - t0, info["kkt_residual"], info)
     off = S == 0
     Sc = centered(S)
     U, s, Vt = _svd(d * Sc)
     centered_obj = float(s.sum())
     Q = U @ Vt
     viol = float(np.max(np.where(off, Q, -np.inf), initial=-np.inf))
-    info: dict[str, Any] = {"centered_certificate_violation": max(viol, 0.0), "rank_centered": int(s.size)}
+    info: dict[str, Any] = {"centered_certificate_violation": max(viol, 0.0), "rank_centered": int(s.size), "method": "admm"}
     if viol <= 1e-10 * max(1.0, float(np.abs(Q).max())):
         return SVMResult(Sc, S, mult_w, group, centered_obj, centered_obj, 0.0, True, 0, time.perf_counter() - t0, 0.0, info)
 
@@ -249,6 +269,115 @@ def ntp_svm(
     info["rank"] = int(sx.size)
     Lfull_dist = _weighted_distance(X, Sc, mult_w)
     return SVMResult(X, S, mult_w, group, obj, centered_obj, Lfull_dist, False, it, time.perf_counter() - t0, r_norm, info)
+
+
+def _sparse_polar(S: sp.csr_matrix, w: np.ndarray, rows: np.ndarray, cols: np.ndarray, sig: np.ndarray):
+    """``f = ||D (S - Sigma) C||_*`` and ``K = G^{+1/2}`` with ``G = C (S - Sigma)^T D^2 (S - Sigma) C`` (V x V), for a
+    sparse slack: the Gram is a sparse product, so the cost is one V x V eigh instead of a g x V SVD. The polar factor
+    is ``Q = D (S - Sigma) K`` (rows of K sum to 0, so no centering is needed)."""
+    g, V = S.shape
+    X = (S - sp.csr_matrix((sig, (rows, cols)), shape=(g, V))).tocsr()
+    A = (X.T @ sp.csr_matrix(X.multiply(w[:, None]))).toarray()
+    r = A.mean(axis=0)
+    G = A - r[:, None] - r[None, :] + r.mean()
+    lam, U = np.linalg.eigh(G)
+    keep = lam > max(lam[-1], 0.0) * 1e-12
+    lam, U = lam[keep], U[:, keep]
+    K = (U / np.sqrt(lam)) @ U.T
+    return X, float(np.sqrt(lam).sum()), K, int(lam.size), float(lam[0])
+
+
+def _dual_bound(S: sp.csr_matrix, d: np.ndarray, R: np.ndarray) -> tuple[float, float]:
+    """A dual lower bound on the NTP-SVM from ``R = (S - Sigma) K`` (so ``Q = D R``, spectral norm 1).
+
+    The dual is ``max <Lam, D S>`` s.t. ``||Lam||_2 <= 1``, rows summing to 0, ``Lam <= 0`` off the support. Q is
+    made feasible by clipping its positive off-support entries and giving that mass back on the row's support
+    (Z); ``Z / ||Z||_2`` is feasible (``||Z||_2`` from the V x V Gram ``Z^T Z``). Returns (bound, max positive
+    off-support Q)."""
+    on = S.toarray() > 0
+    Z = d[:, None] * R
+    pos = np.where(on, 0.0, np.maximum(Z, 0.0))
+    excess = pos.sum(axis=1)
+    Z -= pos
+    Z += on * (excess / np.diff(S.indptr))[:, None]
+    val = float(np.where(on, Z, 0.0).sum(axis=1) @ d)
+    norm = math.sqrt(float(np.linalg.eigvalsh(Z.T @ Z)[-1]))
+    return val / norm, float(pos.max(initial=0.0))
+
+
+def _active_set_mm(
+    S: sp.csr_matrix, w: np.ndarray, *, tol: float, max_iter: int, time_limit: float | None, t0: float, add_per_row: int = 20, inner: int = 100
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int, dict[str, Any]] | None:
+    """Majorize-minimize on the slack over a growing working set (used when ``D S_c`` has full rank V - 1, where
+    the nuclear norm is smooth on the feasible set).
+
+    With ``K = G^{+1/2}`` at the current slack, ``||M||_* <= (tr(M K M^T) + tr G^{1/2}) / 2`` with equality at the
+    current point (the variational form of the nuclear norm), so minimizing the bound decreases the objective. The
+    bound separates over rows: ``min_{sigma >= 0} (s_j - sigma) K (s_j - sigma)^T`` (independent of the weight),
+    solved by FISTA on the working set; the working set grows by each row's largest KKT violators ``(x_j K)_v > 0``.
+    Every step needs one V x V eigh and sparse products, never a g x V SVD."""
+    g, V = S.shape
+    er = np.zeros(0, np.int64)
+    ec = np.zeros(0, np.int64)
+    sig = np.zeros(0)
+    on = S.toarray() > 0
+    history: list[float] = []
+    it, kkt, f, first_kkt = 0, math.inf, math.inf, math.inf
+    t_prev, last = time.perf_counter(), 0.0
+    for it in range(1, max_iter + 1):
+        X, f, K, rank, lam_min = _sparse_polar(S, w, er, ec, sig)
+        if rank < V - 1:  # the nuclear norm is not smooth there: the caller falls back to ADMM
+            return None
+        history.append(f)
+        R = np.asarray(X @ K)
+        act = R[er, ec]
+        Roff = np.where(on, -np.inf, R)
+        Roff[er, ec] = -np.inf
+        kkt = max(float(Roff.max()), float(np.abs(act[sig > 0]).max(initial=0.0)), float(act[sig == 0].max(initial=0.0)))
+        if it == 1:
+            first_kkt = float(np.max(np.sqrt(w)[:, None] * Roff))  # in units of Q = D R
+        now = time.perf_counter()
+        last, t_prev = max(last, now - t_prev), now
+        # Steps get dearer as the working set grows: stop when the next one would likely overrun the time limit.
+        if kkt <= tol or (time_limit is not None and now - t0 + 2.0 * last > time_limit) or it == max_iter:
+            break
+        k = min(add_per_row, V - 1)
+        idx = np.argpartition(-Roff, k, axis=1)[:, :k]
+        vals = np.take_along_axis(Roff, idx, 1)
+        mask = (vals > tol).ravel()
+        del Roff
+        er = np.concatenate([er, np.repeat(np.arange(g), k)[mask]])
+        ec = np.concatenate([ec, idx.ravel()[mask]])
+        sig = np.concatenate([sig, np.zeros(int(mask.sum()))])
+        order = np.lexsort((ec, er))
+        er, ec, sig = er[order], ec[order], sig[order]
+        # All pairs of working-set entries in one row: the row blocks of K, as flat index lists.
+        cnt = np.bincount(er, minlength=g)
+        sizes = cnt[er]
+        target = np.repeat(np.arange(er.size), sizes)
+        row_start = np.concatenate([[0], np.cumsum(cnt)[:-1]])[er]
+        source = np.repeat(row_start, sizes) + (np.arange(target.size) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+        Kp = K[ec[target], ec[source]]
+        sk = R[er, ec] + np.bincount(target, weights=sig[source] * Kp, minlength=er.size)  # (s_j K)_v
+        step = math.sqrt(lam_min)  # 1 / largest eigenvalue of K
+        y, x_old, tk = sig.copy(), sig.copy(), 1.0
+        timed_out = False
+        for _ in range(inner):
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                timed_out = True  # keep the last evaluated point (sig, with the new entries at 0): f, R, kkt are its
+                break
+            grad = np.bincount(target, weights=y[source] * Kp, minlength=er.size) - sk
+            x_new = np.maximum(y - step * grad, 0.0)
+            t_new = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
+            y = x_new + (tk - 1.0) / t_new * (x_new - x_old)
+            x_old, tk = x_new, t_new
+        if timed_out:
+            break
+        sig = x_old
+    bound, _ = _dual_bound(S, np.sqrt(w), R)
+    info = {"centered_certificate_violation": max(first_kkt, 0.0), "kkt_residual": kkt, "dual_bound": bound, "duality_gap": (f - bound) / f, "working_set": int(er.size),
+            "objective_history": history}
+    return er, ec, sig, f, it, info
 
 
 def _weighted_distance(X: np.ndarray, Y: np.ndarray, mult: np.ndarray) -> float:

@@ -24,6 +24,7 @@ from implicit_geometry.dynamics.hadamard import REDUCTIONS, check_spectrum, clas
 from implicit_geometry.dynamics.reduced import gd_reduced, solve_reduced
 from implicit_geometry.train.losses import CrossEntropy
 from implicit_geometry.train.simulator import OptimizerConfig, Simulator, record_steps
+from implicit_geometry.train.threads import threads_for
 
 
 @dataclass
@@ -88,16 +89,12 @@ def simulate_full(
     def on_record(s: Simulator) -> None:
         coords.append(spectral_coordinates(class_logits(s.model.logits(), samples_per_class), init.Q))
 
-    # These matrices are tiny (K, d ~ 16..64): a second intra-op thread costs more in synchronization than it
-    # gains, and on a shared machine it can slow each step tenfold. Restore the caller's setting afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    # Each matrix is tiny (K, d ~ 16..64), however large the batch: a second intra-op thread costs more in
+    # synchronization than it gains, so always one (numel 0 says "small").
+    with threads_for(0, torch.device(device)):
         t0 = time.perf_counter()
         sim.run(steps, record_at=marks, on_record=on_record)
         seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
     return np.asarray(marks), np.stack(coords), init.Q, seconds
 
 

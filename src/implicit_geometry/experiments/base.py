@@ -21,6 +21,7 @@ import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_choice
 from implicit_geometry.io import read_json, write_json
+from implicit_geometry.train.threads import threads_for  # noqa: F401  (re-exported for the experiments)
 
 
 class Interrupted(Exception):
@@ -58,19 +59,6 @@ def interruptible() -> Iterator[StopFlag]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def threads_for(numel: int, device: torch.device) -> Iterator[None]:
-    """One intra-op CPU thread for small problems (below torch's parallel grain size a second thread only adds
-    synchronization, which costs a lot on a shared machine); the default otherwise. Restored on exit."""
-    previous = torch.get_num_threads()
-    if device.type == "cpu" and numel < 1 << 16:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -19,9 +19,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from implicit_geometry._validation import InvalidParameterError, check_choice
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
 from implicit_geometry.io import read_json, write_json
 from implicit_geometry.train.threads import threads_for  # noqa: F401  (re-exported for the experiments)
+
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class Interrupted(Exception):
@@ -62,7 +65,7 @@ def interruptible() -> Iterator[StopFlag]:
 
 
 def resolve_device(device: str) -> torch.device:
-    device = check_choice("device", device, ["auto", "cpu", "cuda"])
+    device = check_choice("device", device, DEVICES)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -108,6 +111,14 @@ class ExperimentConfig:
 
     def validate(self) -> Any:
         return self
+
+    def validate_run_fields(self) -> None:
+        """Checks of the fields every experiment has (``first_seed``, ``device``, ``checkpoint_seconds``)."""
+        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)  # type: ignore[attr-defined]
+        check_choice("device", self.device, DEVICES)  # type: ignore[attr-defined]
+        self.checkpoint_seconds = check_float(  # type: ignore[attr-defined]
+            "checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True  # type: ignore[attr-defined]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)  # type: ignore[call-overload]

@@ -74,7 +74,7 @@ class DepthConfig(ExperimentConfig):
         self.depths = [check_int("depth", L, minimum=1, maximum=50) for L in self.depths]
         self.init_std = check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
-        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
+        self.validate_run_fields()
         check_choice("optimizer", self.optimizer, STEPPERS)
         self.eta = check_float("eta", self.eta, minimum=0.0, maximum=0.5, strict_min=True)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
@@ -84,8 +84,6 @@ class DepthConfig(ExperimentConfig):
         self.check_every = check_int("check_every", self.check_every, minimum=1)
         self.records = check_int("records", self.records, minimum=2)
         self.rank_tol = check_float("rank_tol", self.rank_tol, minimum=0.0, maximum=1.0, strict_min=True)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
-        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         return self
 
 

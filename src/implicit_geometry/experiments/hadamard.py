@@ -135,9 +135,7 @@ class HadamardConfig(ExperimentConfig):
             raise InvalidParameterError(f"exact_t / exact_lr must be at most 1e6 GD steps (got {self.exact_t / self.exact_lr:.3g})")
         self.figures = bool(self.figures)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
-        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
-        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
+        self.validate_run_fields()
         return self
 
 

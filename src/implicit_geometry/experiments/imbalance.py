@@ -89,11 +89,9 @@ class ImbalanceConfig(ExperimentConfig):
             self.norm_ref = check_float("norm_ref", self.norm_ref, minimum=0.0, strict_min=True)
         self.init_std = check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
-        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
+        self.validate_run_fields()
         check_choice("reduction", self.reduction, ["sum", "mean"])
         self.records = check_int("records", self.records, minimum=2)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
-        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         return self
 
     def params_for(self, counts: Any) -> Any:

@@ -81,9 +81,7 @@ class NetworkConfig(ExperimentConfig):
         self.measure_every = check_int("measure_every", self.measure_every, minimum=1)
         self.permutations = check_int("permutations", self.permutations, minimum=0)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
-        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
-        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
+        self.validate_run_fields()
         return self
 
 

@@ -73,10 +73,8 @@ class NtpConfig(ExperimentConfig):
         self.bilinear_steps = check_int("bilinear_steps", self.bilinear_steps, minimum=0)
         self.bilinear_direction_steps = check_int("bilinear_direction_steps", self.bilinear_direction_steps, minimum=0)
         self.seeds = check_int("seeds", self.seeds, minimum=1, maximum=1)
-        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
+        self.validate_run_fields()
         self.records = check_int("records", self.records, minimum=2)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
-        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         return self
 
     @property

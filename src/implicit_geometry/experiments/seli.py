@@ -69,11 +69,9 @@ class SeliConfig(ExperimentConfig):
         self.weight_decay = check_float("weight_decay", self.weight_decay, minimum=0.0)
         self.init_std = check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
         self.seeds = check_int("seeds", self.seeds, minimum=1)
-        self.first_seed = check_int("first_seed", self.first_seed, minimum=0)
+        self.validate_run_fields()
         check_choice("reduction", self.reduction, ["sum", "mean"])
         self.records = check_int("records", self.records, minimum=2)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
-        self.checkpoint_seconds = check_float("checkpoint_seconds", self.checkpoint_seconds, minimum=0.0, strict_min=True)
         self.optimizer_config()  # cross-field checks (weight decay needs gd)
         return self
 

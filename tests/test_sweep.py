@@ -91,7 +91,8 @@ def test_killed_sweep_resumes_without_redoing_and_equals_uninterrupted(tmp_path)
     assert ref.done == 12
     # the same sweep on the default executor, killed once a few points are finished
     cmd = [sys.executable, "-m", "implicit_geometry.cli", "sweep", "seli", "--grid", "lr=" + ",".join(map(str, spec.grid["lr"])),
-           "--grid", "init_std=" + ",".join(spec.grid["init_std"]), "--seeds", "2", "--jobs", "2", "--quiet", "--out", str(tmp_path / "k")]
+           "--grid", "init_std=" + ",".join(spec.grid["init_std"]), "--seeds", "2", "--jobs", "2", "--quiet", "--out", str(tmp_path / "k"),
+           "--batch", "2"]  # batches of 2 points: the kill lands between batches (the reference ran one batch of 12)
     for k, v in {**TINY, "steps": "300"}.items():
         cmd += ["--set", f"{k}={v}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -113,6 +114,26 @@ def test_killed_sweep_resumes_without_redoing_and_equals_uninterrupted(tmp_path)
     assert all(after[k] == v for k, v in before.items())  # finished points were not redone
     assert (tmp_path / "k" / "table.csv").read_bytes() == (tmp_path / "ref" / "table.csv").read_bytes()
     assert (tmp_path / "k" / "table.parquet").exists()
+
+
+def test_batches_give_the_bits_of_separate_runs_and_keep_failures_apart(tmp_path):
+    from implicit_geometry.sweep.runner import plan_batches
+
+    # gd with lr 1e30 diverges: its batch falls back to one run per point, and only that point fails
+    spec = SweepSpec("seli", grid={"dim": ["3", "4"], "lr": ["0.05", "0.2", "1e30"], "init_std": ["0.1", "0.3"]},
+                     fixed={**TINY, "optimizer": "gd"}, seeds=2)
+    points = spec.points()
+    batches = plan_batches("seli", points, 4)
+    assert [len(b) for b in batches] == [3, 3, 3, 3]  # two shapes (dim) of 6 points, cut into equal halves
+    assert all(len({p.config["dim"] for p in b}) == 1 for b in batches)
+    assert plan_batches("seli", points, 1) == [[p] for p in points]
+    one = run_sweep(spec, tmp_path / "one", executor="serial", progress=False, batch=1)
+    many = run_sweep(spec, tmp_path / "many", executor="serial", progress=False, batch=4)
+    assert (many.done, many.failed) == (one.done, one.failed) == (8, 4)
+    assert all("training diverged" in e for e in many.errors.values())
+    assert (tmp_path / "many" / "table.csv").read_bytes() == (tmp_path / "one" / "table.csv").read_bytes()
+    with pytest.raises(InvalidParameterError, match="batch must be an integer >= 1"):
+        run_sweep(spec, tmp_path / "x", batch=0)
 
 
 def test_dask_executor_matches_serial(tmp_path):

@@ -96,17 +96,34 @@ def test_deep_ufm_backward_matches_autograd(depth):
     assert torch.allclose(model.classifier() @ model.H, model.logits(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("opt", [OptimizerConfig(), OptimizerConfig(name="gd", lr=0.1)])
-def test_batched_runs_equal_separate_runs(opt):
-    counts = [6, 3, 1]
-    y = labels_from_counts(counts)
-    batched = Simulator(DeepUFM.random(num_classes=3, num_samples=10, dim=4, batch=3, seeds=[5, 6, 7]), CrossEntropy(y, 3), opt)
-    batched.run(200)
-    for i, seed in enumerate([5, 6, 7]):
-        single = Simulator(DeepUFM.random(num_classes=3, num_samples=10, dim=4, batch=1, seeds=[seed]), CrossEntropy(y, 3), opt)
+PER_RUN = {
+    "ngd": [OptimizerConfig(), OptimizerConfig(lr=0.3, norm_ref=math.inf), OptimizerConfig(lr=0.05, norm_ref=7.0)],
+    "gd": [OptimizerConfig(name="gd", lr=0.1), OptimizerConfig(name="gd", lr=0.1), OptimizerConfig(name="gd", lr=0.2)],
+}
+
+
+@pytest.mark.parametrize("name", ["ngd", "gd"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_batched_runs_give_the_bits_of_separate_runs(name, depth):
+    # a run's numbers must not depend on what else is in its batch (sweeps batch points): same bits, not just close
+    configs = PER_RUN[name]
+    y = labels_from_counts([6, 3, 1])
+    ufm = lambda seeds: DeepUFM.random(num_classes=3, num_samples=10, dim=4, depth=depth, batch=len(seeds), seeds=seeds)  # noqa: E731
+    shared = Simulator(ufm([5, 6, 7]), CrossEntropy(y, 3), configs[0])
+    shared.run(200)
+    per_run = Simulator(ufm([5, 6, 7]), CrossEntropy(y, 3), configs)
+    per_run.run(200)
+    for i, (seed, opt) in enumerate(zip([5, 6, 7], configs)):
+        single = Simulator(ufm([seed]), CrossEntropy(y, 3), opt)
         single.run(200)
-        for Fb, Fs in zip(batched.model.factors, single.model.factors):
-            assert torch.allclose(Fb[i], Fs[0], rtol=1e-10, atol=1e-12)
+        for Fb, Fp, Fs in zip(shared.model.factors, per_run.model.factors, single.model.factors):
+            assert torch.isfinite(Fs).all() and torch.equal(Fp[i], Fs[0])
+            if opt == configs[0]:
+                assert torch.equal(Fb[i], Fs[0])
+    with pytest.raises(ig.InvalidParameterError, match="optimizer must be one config or one per run \\(3\\) \\(got 2\\)"):
+        Simulator(ufm([5, 6, 7]), CrossEntropy(y, 3), configs[:2])
+    with pytest.raises(ig.InvalidParameterError, match="optimizer name and weight_decay must be equal"):
+        Simulator(ufm([5, 6, 7]), CrossEntropy(y, 3), [PER_RUN["ngd"][0], PER_RUN["gd"][0], PER_RUN["gd"][1]])
 
 
 def _seli_run(counts, steps, opt, dim=None, seeds=(0,)):

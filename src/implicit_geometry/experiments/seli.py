@@ -295,5 +295,87 @@ def run_seli(
     return summary
 
 
-# The sweep contract (docs/sweeps.md): seeds of one point are batched into one simulation.
-SWEEP = Sweepable(config=SeliConfig, run=run_seli, seeds_field="seeds", first_seed_field="first_seed", figures_option="figures")
+# Fields that may differ between runs of one simulation: per-run step parameters, initialization, seeds.
+PER_RUN_FIELDS = ("lr", "norm_ref", "init_std", "seeds", "first_seed")
+
+
+def seli_batch_key(config: SeliConfig) -> tuple[Any, ...]:
+    """Configs with equal keys have equal tensor shapes and loss, so :func:`run_seli_batch` runs them together.
+
+    >>> seli_batch_key(SeliConfig(lr=0.1)) == seli_batch_key(SeliConfig(lr=0.5, init_std=0.3, seeds=2))
+    True
+    >>> seli_batch_key(SeliConfig(dim=3)) == seli_batch_key(SeliConfig(dim=4))
+    False
+    """
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(config.to_dict().items()) if k not in PER_RUN_FIELDS)
+
+
+def run_seli_batch(
+    configs: list[SeliConfig], outs: list[Path | str | None], *, progress: bool = False, figures: bool = True
+) -> list[dict[str, Any] | None]:
+    """Run several seli configs of equal :func:`seli_batch_key` as ONE simulation (their seeds side by side, each
+    run with its own lr, norm_ref and initialization); each writes its own run folder, as :func:`run_seli` would.
+    ``outs[i] = None`` simulates config i without writing it (a sweep keeps a batch's composition fixed, so its
+    numbers do not depend on which of its points were already finished). Returns the summaries (None where not
+    written).
+
+    On CPU each run's numbers are the same bits as a separate run's (tests/test_sweep.py); GPU BLAS may pick
+    kernels by batch size, which is why a sweep keeps a batch's composition fixed. No checkpoint: an interrupted
+    batch is rerun from the start (a sweep loses at most the batches in flight).
+    """
+    if len(configs) != len(outs) or not configs:
+        raise InvalidParameterError(f"outs must have one entry per config (got {len(outs)} outs for {len(configs)} configs)")
+    configs = [SeliConfig.from_dict(c.to_dict()) for c in configs]  # validated copies
+    if len({seli_batch_key(c) for c in configs}) != 1:
+        raise InvalidParameterError(f"configs must agree in every field but {', '.join(PER_RUN_FIELDS)} to run as one simulation")
+    runs = []
+    for config, out in zip(configs, outs):
+        folder = open_run_folder("seli", SeliConfig, config, out, None)[0] if out is not None else None
+        runs.append(SeliRun(config, folder))  # type: ignore[arg-type]
+    lead = runs[0]
+    merged = DeepUFM([torch.cat([r.sim.model.factors[i] for r in runs]) for i in range(lead.config.depth + 1)])
+    sim = Simulator(merged, lead.sim.loss, [r.config.optimizer_config() for r in runs for _ in range(r.config.seeds)])
+    start = 0
+    for r in runs:  # every run's model becomes a view of its slice of the merged factors (updated in place)
+        r.sim.model.factors = [F[start : start + r.config.seeds] for F in merged.factors]
+        start += r.config.seeds
+
+    def record(sim: Simulator) -> None:
+        for r in runs:
+            r.sim.step = sim.step
+            r._record(r.sim)
+
+    c = lead.config
+    total_runs = merged.batch
+    t0 = time.perf_counter()
+    with interruptible() as stop, progress_bar(c.steps, "seli batch", progress) as bar, threads_for(
+        total_runs * lead.k * lead.N * max(c.dim, lead.k), lead.device
+    ):
+        for r in runs:
+            r._t0 = t0
+        done = sim.run(c.steps, record_at=record_steps(c.steps, c.records), on_record=record, should_stop=lambda: stop.requested, progress=bar)
+        if not done:
+            exc = Interrupted(lead.folder or Path("."), sim.step)
+            exc.args = (f"batch of {len(runs)} runs interrupted at step {sim.step}; nothing saved: rerun it",)
+            raise exc
+    seconds = time.perf_counter() - t0
+    summaries: list[dict[str, Any] | None] = []
+    for r in runs:
+        del r._t0
+        r.sim.step = sim.step
+        r.seconds = seconds
+        if r.folder is None:
+            summaries.append(None)
+            continue
+        summary = r.finish(figures=figures)
+        summary["folder"] = str(r.folder)
+        summaries.append(summary)
+    return summaries
+
+
+# The sweep contract (docs/sweeps.md): seeds of one point are batched into one simulation, and so are points
+# that differ only in PER_RUN_FIELDS.
+SWEEP = Sweepable(
+    config=SeliConfig, run=run_seli, seeds_field="seeds", first_seed_field="first_seed", figures_option="figures",
+    run_batch=run_seli_batch, batch_key=seli_batch_key,
+)

@@ -15,12 +15,13 @@ import click
 @click.option("--executor", type=str, default="local", show_default=True, help="local (processes, one torch thread each), serial, or dask.")
 @click.option("--jobs", type=int, default=None, help="Worker processes (local, local Dask cluster) [default: CPU cores].")
 @click.option("--scheduler", type=str, default=None, help="Dask scheduler address (tcp://host:8786); without it a local Dask cluster.")
+@click.option("--batch", type=int, default=32, show_default=True, help="At most this many points of equal shape run as one simulation, where the experiment allows it (seli); 1: each point alone.")
 @click.option("--out", type=click.Path(), default=None, help="Sweep folder (default runs/sweep-<experiment>-<hash of the spec>, so a rerun continues).")
 @click.option("--figures", is_flag=True, help="Let every point write its matplotlib figures (slow; off by default).")
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html into the sweep folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(experiment, grid, fixed, spec_file, seeds, first_seed, executor, jobs, scheduler, out, figures, make_report, as_json, quiet) -> None:
+def command(experiment, grid, fixed, spec_file, seeds, first_seed, executor, jobs, scheduler, batch, out, figures, make_report, as_json, quiet) -> None:
     """Run EXPERIMENT over a grid of config values; rerun the same command to continue an interrupted sweep."""
     from implicit_geometry._validation import InvalidParameterError
     from implicit_geometry.io import dumps_json
@@ -44,7 +45,7 @@ def command(experiment, grid, fixed, spec_file, seeds, first_seed, executor, job
         spec.seeds = seeds
     if first_seed is not None:
         spec.first_seed = first_seed
-    result = run_sweep(spec, out, executor=executor, jobs=jobs, scheduler=scheduler, progress=not quiet, figures=figures)
+    result = run_sweep(spec, out, executor=executor, jobs=jobs, scheduler=scheduler, progress=not quiet, figures=figures, batch=batch)
     report = None
     if make_report:
         from implicit_geometry.report.html import write_report

@@ -9,6 +9,10 @@ An experiment module defines ``SWEEP = Sweepable(config=MyConfig, run=run_my_exp
   the experiment has no seed batching: the sweep then runs one point per seed through ``first_seed_field``);
 - ``figures_option`` names a boolean keyword of ``run`` that turns matplotlib figures off (sweeps skip them by
   default: they take most of the time of a short run, and the HTML report draws its own plots);
+- ``run_batch(configs, outs, *, progress=True) -> summaries`` (optional) runs configs of equal ``batch_key(config)``
+  as one simulation, each into its own folder (``None``: simulate without writing); the sweep groups points by
+  ``batch_key`` in spec order into fixed batches, so a point's numbers do not depend on the executor or on
+  which points were already finished;
 - ``volatile`` lists summary keys that vary between identical runs (wall times) and stay out of the sweep table.
 
 Nothing here imports torch: experiment modules import this cheaply.
@@ -43,6 +47,12 @@ class Sweepable:
     first_seed_field: str | None = "first_seed"
     volatile: tuple[str, ...] = ("seconds", "folder")
     figures_option: str | None = None
+    run_batch: Callable[..., list[dict[str, Any] | None]] | None = None
+    batch_key: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.run_batch is None) != (self.batch_key is None):
+            raise ValueError("run_batch and batch_key go together")
 
     def run_kwargs(self, figures: bool) -> dict[str, Any]:
         return {} if figures or self.figures_option is None else {self.figures_option: False}

@@ -10,6 +10,13 @@ Sweep folder layout::
 
 A point is finished when its folder holds ``summary.json`` and neither ``checkpoint.pt`` nor ``error.json``;
 rerunning skips finished points, resumes checkpointed ones and reruns failed or half-written ones.
+
+Batches: where the experiment allows it (``Sweepable.run_batch``), points of equal ``batch_key`` (equal tensor
+shapes) run as one simulation, up to ``batch`` points each. Batches are cut from the whole spec in its order,
+never from what is left to do, so a point always runs beside the same points and its numbers are the same
+whichever executor ran it and however often the sweep was interrupted (a batch that holds finished points
+simulates them again but writes only the others). A batch that fails falls back to running its points one by
+one, so a failing point is recorded with its own error and the others finish.
 """
 
 from __future__ import annotations
@@ -51,6 +58,64 @@ def point_status(folder: Path) -> str:
     if (folder / "summary.json").exists():
         return "done"
     return "pending"
+
+
+def run_points(experiment: str, items: list[tuple[dict[str, Any], str, bool]], threads: int = 1, figures: bool = False) -> list[dict[str, Any]]:
+    """Run one batch of points ``(config, folder, write)`` (in a worker): one simulation where the experiment
+    allows it; never raises for failing points. Points with ``write=False`` are simulated (to keep the batch's
+    composition) but not written: their result is ``{"status": "skipped"}``."""
+    import torch
+
+    from implicit_geometry.sweep.contract import load_sweepable
+
+    writes = [(config, folder) for config, folder, write in items if write]
+    sweep = load_sweepable(experiment)
+    resumable = [i for i, (_, folder, write) in enumerate(items) if write and point_status(Path(folder)) == "partial"]
+    if sweep.run_batch is None or len(items) == 1 or resumable:  # a checkpointed point resumes on its own
+        return [run_point(experiment, config, folder, threads, figures) if write else {"status": "skipped"} for config, folder, write in items]
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        configs = [sweep.config.from_dict(config) for config, _, _ in items]
+        outs: list[Path | None] = []
+        for _, folder, write in items:
+            if write and Path(folder).exists():
+                shutil.rmtree(folder)
+            outs.append(Path(folder) if write else None)
+        sweep.run_batch(configs, outs, progress=False, **sweep.run_kwargs(figures))
+    except Interrupted:
+        if _POOL_WORKER:
+            os._exit(130)
+        return [{"status": "interrupted"} for _ in items]
+    except Exception:  # one bad point must not fail the others: run each alone, recording its own error
+        return [run_point(experiment, config, folder, threads, figures) if write else {"status": "skipped"} for config, folder, write in items]
+    seconds = (time.perf_counter() - t0) / max(1, len(writes))
+    return [{"status": "done", "seconds": seconds} if write else {"status": "skipped"} for _, _, write in items]
+
+
+def plan_batches(experiment: str, points: list[Point], batch: int) -> list[list[Point]]:
+    """The points grouped into batches that run as one simulation each: equal ``batch_key``, spec order, at most
+    ``batch`` points, a group cut into nearly equal batches. One point per batch when the experiment has no
+    ``run_batch`` (or ``batch == 1``). Depends only on the spec, never on what is finished or on the executor.
+    """
+    from implicit_geometry.sweep.contract import load_sweepable
+
+    sweep = load_sweepable(experiment)
+    if sweep.run_batch is None or sweep.batch_key is None or batch <= 1:
+        return [[p] for p in points]
+    groups: dict[Any, list[Point]] = {}
+    for p in points:
+        try:
+            key = sweep.batch_key(sweep.config.from_dict(p.config))
+        except Exception:  # an invalid point runs alone and fails with its own message
+            key = ("invalid point", p.id)
+        groups.setdefault(key, []).append(p)
+    batches = []
+    for members in groups.values():
+        n = -(-len(members) // batch)  # ceil
+        size = -(-len(members) // n)
+        batches.extend(members[i : i + size] for i in range(0, len(members), size))
+    return batches
 
 
 def run_point(experiment: str, config: dict[str, Any], folder: str, threads: int = 1, figures: bool = False) -> dict[str, Any]:
@@ -107,15 +172,25 @@ def _worker_init() -> None:
     os.environ["MKL_NUM_THREADS"] = "1"
 
 
-Task = tuple[Point, Path]
+Task = list[tuple[Point, Path, bool]]  # one batch: (point, folder, write it)
+
+
+def _items(task: Task) -> list[tuple[dict[str, Any], str, bool]]:
+    return [(p.config, str(f), w) for p, f, w in task]
+
+
+def _results(task: Task, results: list[dict[str, Any]]) -> Iterator[tuple[Point, dict[str, Any]]]:
+    for (point, _, write), result in zip(task, results):
+        if write:
+            yield point, result
 
 
 def _serial(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, figures: bool) -> Iterator[tuple[Point, dict[str, Any]]]:
-    for point, folder in tasks:
-        result = run_point(experiment, point.config, str(folder), 1, figures)
-        if result["status"] == "interrupted":  # the point caught SIGINT/SIGTERM itself (same process): stop the sweep
+    for task in tasks:
+        results = run_points(experiment, _items(task), 1, figures)
+        if any(r["status"] == "interrupted" for r in results):  # the run caught SIGINT/SIGTERM itself: stop the sweep
             raise KeyboardInterrupt
-        yield point, result
+        yield from _results(task, results)
 
 
 def _local(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, figures: bool) -> Iterator[tuple[Point, dict[str, Any]]]:
@@ -125,16 +200,25 @@ def _local(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: workers start clean (no inherited torch thread pools or signal handlers), on every platform.
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
-    futures = {pool.submit(run_point, experiment, p.config, str(f), 1, figures): p for p, f in tasks}
+    # Workers must start clean (no inherited torch thread pools or signal handlers): forkserver where there is one,
+    # its server importing torch and the experiment once for all workers (an import per spawned worker costs
+    # seconds), else spawn.
+    if "forkserver" in mp.get_all_start_methods():
+        from implicit_geometry.sweep.contract import load_sweepable
+
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "implicit_geometry.sweep.runner", load_sweepable(experiment).run.__module__])
+    else:
+        context = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init)
+    futures = {pool.submit(run_points, experiment, _items(task), 1, figures): task for task in tasks}
     try:
         for fut in as_completed(futures):
             try:
-                result = fut.result()
+                results = fut.result()
             except BrokenProcessPool:  # a worker was killed from outside: stop like on SIGTERM
                 raise KeyboardInterrupt from None
-            yield futures[fut], result
+            yield from _results(futures[fut], results)
     except BaseException:
         procs = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -168,15 +252,20 @@ def _dask(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, 
                                silence_logs=logging.CRITICAL, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         client = Client(cluster)
     try:
-        futures = [client.submit(run_point, experiment, p.config, str(f.resolve()), 1, figures, key=f"igeom-{experiment}-{p.id}", pure=False) for p, f in tasks]
-        by_key = {fut.key: p for fut, (p, _) in zip(futures, tasks)}
+        futures = [
+            client.submit(run_points, experiment, [(p.config, str(f.resolve()), w) for p, f, w in task], 1, figures,
+                          key=f"igeom-{experiment}-{task[0][0].id}-{len(task)}", pure=False)
+            for task in tasks
+        ]
+        by_key = {fut.key: task for fut, task in zip(futures, tasks)}
         try:
             for fut in as_completed(futures):
+                task = by_key[fut.key]
                 try:
-                    result = fut.result()
-                except Exception as exc:  # a worker died under the point
-                    result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                yield by_key[fut.key], result
+                    results = fut.result()
+                except Exception as exc:  # a worker died under the batch
+                    results = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"} for _ in task]
+                yield from _results(task, results)
         except BaseException:
             client.cancel(futures)
             raise
@@ -217,14 +306,19 @@ def run_sweep(
     scheduler: str | None = None,
     progress: bool = True,
     figures: bool = False,
+    batch: int = 32,
 ) -> SweepResult:
     """Run every unfinished point of ``spec`` into ``out`` and write the table; returns the counts.
+
+    ``batch``: at most this many points of equal shape run as one simulation where the experiment allows it
+    (see :func:`plan_batches`; 1 runs every point on its own).
 
     Raises :class:`SweepInterrupted` on SIGINT/SIGTERM after writing the table of what is finished.
     """
     from implicit_geometry.sweep.table import write_table
 
     check_choice("executor", executor, EXECUTORS)
+    batch = check_int("batch", batch, minimum=1)
     jobs = check_int("jobs", jobs if jobs is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1), minimum=1)
     if scheduler and executor != "dask":
         raise InvalidParameterError(f"scheduler must be given only with executor dask (got executor {executor!r})")
@@ -238,7 +332,11 @@ def run_sweep(
     write_json(folder / "sweep.json", {**spec.to_dict(), "points": [{"id": p.id, "params": p.params} for p in points]})
     point_dir = folder / "points"
     statuses = {p.id: point_status(point_dir / p.id) for p in points}
-    todo = [(p, point_dir / p.id) for p in points if statuses[p.id] != "done"]
+    todo: list[Task] = [
+        [(p, point_dir / p.id, statuses[p.id] != "done") for p in members]
+        for members in plan_batches(spec.experiment, points, batch)
+        if any(statuses[p.id] != "done" for p in members)
+    ]
     done = sum(s == "done" for s in statuses.values())
     failed = 0
     errors: dict[str, str] = {}

@@ -21,10 +21,35 @@ import torch
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_labels
 
 
+# torch's vectorized log1p / logaddexp / softplus round the elements of a tensor's tail differently from the rest,
+# so a run's numbers would depend on the other runs batched with it. These use only IEEE arithmetic, exp and log,
+# which round every element alike: a run gives the same bits alone or in any batch (tests/test_train.py).
+
+
+def log1p(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + x)`` to a few ulp for ``x > -1`` (Goldberg's correction of ``log(1 + x)`` by ``x / ((1 + x) - 1)``).
+
+    >>> float(log1p(torch.tensor(1e-20, dtype=torch.float64)))
+    1e-20
+    """
+    u = 1.0 + x
+    return torch.where(u == 1.0, x, torch.log(u) * (x / (u - 1.0)))
+
+
+def logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(e^a + e^b)`` for finite a, b."""
+    return torch.maximum(a, b) + log1p(torch.exp(-(a - b).abs()))
+
+
+def softplus(u: torch.Tensor) -> torch.Tensor:
+    """``log(1 + e^u)`` for finite u."""
+    return u.clamp_min(0.0) + log1p(torch.exp(-u.abs()))
+
+
 def log_softplus(u: torch.Tensor) -> torch.Tensor:
     """``log(log(1 + e^u))`` without underflow: for u << 0 it is ``u`` (relative error below e^u)."""
     safe = torch.clamp(u, min=-30.0)
-    return torch.where(u > -30.0, torch.log(torch.nn.functional.softplus(safe)), u)
+    return torch.where(u > -30.0, torch.log(softplus(safe)), u)
 
 
 class CrossEntropy:
@@ -112,7 +137,7 @@ class CrossEntropy:
         s = E.sum(dim=-2)
         a = Zp.gather(-2, idx).squeeze(-2) - m.squeeze(-2)
         log_s = torch.log(s)
-        log_col = log_s - torch.logaddexp(a, log_s) + self._log_sample  # log of |dLoss/dz_y| per column
+        log_col = log_s - logaddexp(a, log_s) + self._log_sample  # log of |dLoss/dz_y| per column
         log_scale = log_col.amax(dim=-1)
         f = torch.exp(log_col - log_scale[..., None]) / s  # column factor: p_c / max
         G = E.mul_(f.unsqueeze(-2)).scatter_(-2, idx, -(s * f).unsqueeze(-2))

@@ -17,14 +17,15 @@ Optimizers (``OptimizerConfig.name``):
   benchmark (a batched run and a separate run agree to round-off) and reach 1e-3 in about 10^4 steps;
   ``norm_ref = inf`` gives plain normalized GD with relative step ``lr``.
 
-Each run in the batch has its own step length. Every quantity is deterministic given the factors, so a run
+Each run in the batch has its own step length, and may have its own ``lr`` and ``norm_ref`` (pass one
+``OptimizerConfig`` per run: a sweep batches points that differ only in these into one simulation). Every quantity is deterministic given the factors, so a run
 that is stopped and resumed from a checkpoint retraces the uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,11 +72,27 @@ def record_steps(total: int, num: int = 200, first: int = 0) -> list[int]:
 class Simulator:
     """Trains a :class:`DeepUFM` on a loss; ``step`` counts the updates done so far."""
 
-    def __init__(self, model: DeepUFM, loss: CrossEntropy, optimizer: OptimizerConfig | None = None) -> None:
+    def __init__(
+        self, model: DeepUFM, loss: CrossEntropy, optimizer: OptimizerConfig | Sequence[OptimizerConfig] | None = None
+    ) -> None:
         self.model = model
         self.loss = loss
-        self.optimizer = optimizer or OptimizerConfig()
         self.step = 0
+        if isinstance(optimizer, Sequence):
+            # One config per run: runs differ only in lr / norm_ref, which become per-run factors of the step.
+            configs = list(optimizer)
+            if len(configs) != model.batch:
+                raise InvalidParameterError(f"optimizer must be one config or one per run ({model.batch}) (got {len(configs)})")
+            shared = {(c.name, c.weight_decay) for c in configs}
+            if len(shared) != 1:
+                raise InvalidParameterError(f"optimizer name and weight_decay must be equal across runs of one simulation (got {sorted(shared)})")
+            self.optimizer = configs[0]
+            factor = model.factors[0]
+            self._lr: float | torch.Tensor = torch.tensor([c.lr for c in configs], dtype=factor.dtype, device=factor.device)
+            self._norm_ref: float | torch.Tensor = torch.tensor([c.norm_ref for c in configs], dtype=factor.dtype, device=factor.device)
+        else:
+            self.optimizer = optimizer or OptimizerConfig()
+            self._lr, self._norm_ref = self.optimizer.lr, self.optimizer.norm_ref
 
     def update(self) -> None:
         """One full-batch update of every run in the batch."""
@@ -87,18 +104,21 @@ class Simulator:
             # exp(log_scale) underflows to 0 once the loss does: that is the faithful textbook behaviour.
             G = G * torch.exp(log_scale)[:, None, None]
         grads = model.backward(chain, G)
+        lr, norm_ref = self._lr, self._norm_ref
         if opt.name == "gd":
+            lr_run = lr[:, None, None] if isinstance(lr, torch.Tensor) else lr
             for F, g in zip(model.factors, grads):
                 if opt.weight_decay:
                     g = g + opt.weight_decay * F
-                F.sub_(opt.lr * g)
+                F.sub_(lr_run * g)
             self.step += 1
             return
         gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads))
         tnorm = torch.sqrt(model.squared_norm())
-        length = opt.lr * tnorm
-        if math.isfinite(opt.norm_ref):
-            length = length * torch.clamp((opt.norm_ref / tnorm) ** (model.depth + 1), max=1.0)
+        length = lr * tnorm
+        if isinstance(norm_ref, torch.Tensor) or math.isfinite(norm_ref):  # an infinite norm_ref gives the factor 1
+            # reciprocal() * norm_ref is how torch evaluates `float / tensor`: per-run values give the same bits
+            length = length * torch.clamp((tnorm.reciprocal() * norm_ref) ** (model.depth + 1), max=1.0)
         scale = (length / gnorm.clamp_min(1e-300))[:, None, None]  # a zero gradient gives a zero update
         for F, g in zip(model.factors, grads):
             F.addcmul_(g, scale, value=-1.0)

@@ -415,7 +415,7 @@ def planted_hierarchy(
     one of them (every set at least once, the rest uniformly), with Dirichlet(2) probabilities and counts in 1..5.
     ``context_group`` is the support set of a context, ``word_concept`` the class of a word. Stored sparse, so
     V = 2000 and m = 20000 take a tenth of a second. The defaults (20 topics x 11 classes of ~9 words, unions of up
-    to 3 classes within 20 words) admit 1328 support sets: about 15 contexts share each.
+    to 3 classes within 20 words) admit about 1300 support sets (1328 at seed 0): about 15 contexts share each.
 
     >>> c = planted_hierarchy(60, 300, topics=2, classes_per_topic=3, max_support=25)
     >>> c.stats.num_contexts, c.stats.vocab_size, int(c.word_concept.max()) + 1

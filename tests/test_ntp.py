@@ -17,8 +17,8 @@ from implicit_geometry.ntp.corpus import (
     markov_sequence,
     planted_hierarchy,
     planted_supports,
-    support_groups,
     stats_from_distributions,
+    support_groups,
     tokenize,
 )
 from implicit_geometry.ntp.loss import SoftLabelCrossEntropy

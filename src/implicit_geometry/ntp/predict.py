@@ -126,7 +126,7 @@ def _project_rows_weighted(W: np.ndarray, off: np.ndarray, n: np.ndarray) -> np.
     """The per-row projection of :func:`_project_rows` when column k stands for ``n_k`` words: per row,
     ``argmin_{sigma >= 0 off the support, c} sum_k n_k (c - sigma_k - w_k)^2`` (sigma = 0 on the support). For fixed c,
     ``sigma_k = max(0, c - w_k)``; c solves ``sum_sup n (c - w) + sum_off n min(0, c - w) = 0``, found by sorting."""
-    g, V = W.shape
+    g = W.shape[0]
     num_on = np.where(off, 0.0, n * W).sum(axis=1)
     den_on = np.where(off, 0.0, n[None, :]).sum(axis=1)
     order = np.argsort(-np.where(off, W, -np.inf), axis=1)  # off-support entries by decreasing w

@@ -122,25 +122,33 @@ def _wcenter(A: np.ndarray, n: np.ndarray) -> np.ndarray:
     return A - ((A @ n) / n.sum())[:, None]
 
 
+def _weighted_root(W: np.ndarray, off: np.ndarray, n: np.ndarray, c0: np.ndarray | None = None) -> np.ndarray:
+    """Per row, the root c of ``h(c) = sum_sup n (c - w) + sum_off n min(0, c - w)`` (see
+    :func:`_project_rows_weighted`). h is increasing, piecewise linear and concave, so Newton's method (c = the
+    weighted mean of the support entries and the off-support entries above c) reaches the root's piece and stops
+    there exactly, after a few steps from a warm start ``c0`` (the previous ADMM iterate's roots)."""
+    on = ~off
+    WS = np.where(on, W, 0.0) @ n
+    NS = on @ n
+    c = WS / NS if c0 is None else np.array(c0, dtype=np.float64)
+    rows = np.arange(W.shape[0])
+    prev: np.ndarray | None = None
+    for _ in range(W.shape[1] + 2):  # at most one step per piece
+        Wr, offr = W[rows], off[rows]
+        act = offr & (Wr > c[rows, None])
+        c[rows] = (WS[rows] + np.where(act, Wr, 0.0) @ n) / (NS[rows] + act @ n)
+        moving = np.ones(rows.size, bool) if prev is None else ~(act == prev).all(axis=1)
+        rows, prev = rows[moving], act[moving]
+        if rows.size == 0:
+            break
+    return c
+
+
 def _project_rows_weighted(W: np.ndarray, off: np.ndarray, n: np.ndarray) -> np.ndarray:
     """The per-row projection of :func:`_project_rows` when column k stands for ``n_k`` words: per row,
     ``argmin_{sigma >= 0 off the support, c} sum_k n_k (c - sigma_k - w_k)^2`` (sigma = 0 on the support). For fixed c,
-    ``sigma_k = max(0, c - w_k)``; c solves ``sum_sup n (c - w) + sum_off n min(0, c - w) = 0``, found by sorting."""
-    g = W.shape[0]
-    num_on = np.where(off, 0.0, n * W).sum(axis=1)
-    den_on = np.where(off, 0.0, n[None, :]).sum(axis=1)
-    order = np.argsort(-np.where(off, W, -np.inf), axis=1)  # off-support entries by decreasing w
-    ws = np.take_along_axis(np.where(off, W, -np.inf), order, 1)
-    fin = np.isfinite(ws)
-    ns = np.where(fin, n[order], 0.0)
-    num = num_on[:, None] + np.cumsum(ns * np.where(fin, ws, 0.0), axis=1)
-    den = den_on[:, None] + np.cumsum(ns, axis=1)
-    # c_i with the i largest active (i = 0..V-1); the first i with c_i >= w_(i+1) is the root (h' increases in c).
-    c_all = np.concatenate([(num_on / den_on)[:, None], num[:, :-1] / den[:, :-1]], axis=1)
-    ok = c_all >= ws  # ws[:, i] is w_(i+1); -inf (support) is always ok
-    first = ok.argmax(axis=1)
-    c = c_all[np.arange(g), first]
-    return np.where(off, np.maximum(0.0, c[:, None] - W), 0.0)
+    ``sigma_k = max(0, c - w_k)``; c solves ``sum_sup n (c - w) + sum_off n min(0, c - w) = 0`` (:func:`_weighted_root`)."""
+    return np.where(off, np.maximum(0.0, _weighted_root(W, off, n)[:, None] - W), 0.0)
 
 
 @dataclass
@@ -302,10 +310,9 @@ def ntp_svm(
         rho = 1.0 / max(1.0, float(s[0]))
         it, r_norm = 0, math.inf
         best = (centered_obj, Sig.copy())
-        unweighted = V == cls.size
+        croot = None
         S_sp = sp.csr_matrix(S)
         gaps: list[tuple[int, float]] = []
-
         for it in range(1, max_iter + 1):
             Mk = AS - Uu
             Uk, sk, Vk = _svd(Mk)
@@ -313,7 +320,9 @@ def ntp_svm(
             nz = shrink > 0
             Y = (Uk[:, nz] * shrink[nz]) @ Vk[nz]
             T = (Y + Uu) / d
-            Sig = _project_rows(centered(S) - centered(T), off) if unweighted else _project_rows_weighted(T / sqn - S, off, n)
+            Wt = T / sqn - S
+            croot = _weighted_root(Wt, off, n, croot)  # warm start: the roots move little between iterations
+            Sig = np.where(off, np.maximum(0.0, croot[:, None] - Wt), 0.0)
             AS_new = A(Sig)
             r = Y - AS_new
             Uu += r

@@ -10,7 +10,9 @@ The NTP-SVM solver (:func:`ntp_svm`) uses three facts, each checked in the tests
 1. Rows of contexts with equal supports can be taken equal (average a solution over permutations of such rows:
    feasible, no larger norm), and ``L = P X`` with P the m x g group indicator gives
    ``||L||_* = ||diag(sqrt(mult)) X||_*``: the problem lives on the g distinct supports, rows weighted by sqrt of
-   their multiplicity.
+   their multiplicity. Likewise words contained in exactly the same support sets (equal columns) are
+   interchangeable: their columns can be taken equal, and with n the class sizes ``||D X E^T||_* =
+   ||D X diag(sqrt(n))||_*`` (rows centered in the full word space): the problem lives on g x k.
 2. Centering rows (``X -> X (I - 11^T/V)``) keeps feasibility and does not increase the nuclear norm, so every
    centered feasible X is ``(S - Sigma)(I - 11^T/V)`` for a slack ``Sigma >= 0`` supported off the support.
    ``Sigma = 0`` is the centered support matrix (always feasible); the problem is a non-negative program in Sigma.
@@ -275,7 +277,8 @@ def ntp_svm(
         Scx = centered(Sx)
         d = np.sqrt(mult_w)[:, None]
         sqn = np.sqrt(n)
-        if method == "active-set" or (method == "auto" and g * V >= 1_000_000):
+        # The active set needs D S_c of rank V - 1, impossible with fewer than V - 1 rows: go straight to ADMM then.
+        if g >= V - 1 and (method == "active-set" or (method == "auto" and g * V >= 1_000_000)):
             out = _active_set_mm(sp.csr_matrix(S), mult_w, n, tol=tol, max_iter=max_iter, time_limit=time_limit, t0=t0)
             if out is not None:
                 er, ec, sig, obj, it, ainfo = out
@@ -352,11 +355,12 @@ def ntp_svm(
             elif s_norm > 10 * r_norm:
                 rho /= 2.0
                 Uu *= 2.0
-        obj = float(_svd(AS)[1].sum())
+        Ux, sx, Vx = _svd(AS)  # AS = d * X * sqn for the last Sig: one SVD gives the objective and the certificate
+        obj = float(sx.sum())
         if best[0] < obj:
             obj, Sig = best
+            Ux, sx, Vx = _svd(A(Sig))
         X = _wcenter(S - Sig, n)
-        Ux, sx, Vx = _svd(d * X * sqn)
         Qc = (Ux @ Vx) / sqn  # the full polar factor, per word class
         info["certificate_violation"] = float(max(0.0, np.max(np.where(off & (Sig <= 1e-12), Qc, -np.inf), initial=0.0)))
         R = Qc / d  # the gradient over -d^2 per word, as in the active-set solver: <= 0 where the slack is 0, 0 where it is not

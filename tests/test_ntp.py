@@ -15,12 +15,23 @@ from implicit_geometry.ntp.corpus import (
     context_statistics,
     hierarchical_corpus,
     markov_sequence,
+    planted_hierarchy,
     planted_supports,
     stats_from_distributions,
+    support_groups,
     tokenize,
 )
 from implicit_geometry.ntp.loss import SoftLabelCrossEntropy
-from implicit_geometry.ntp.predict import centered, ntp_svm, ntp_svm_cvxpy, orthant_clusters, predict_geometry, sparse_logits
+from implicit_geometry.ntp.predict import (
+    _project_rows,
+    _project_rows_weighted,
+    centered,
+    ntp_svm,
+    ntp_svm_cvxpy,
+    orthant_clusters,
+    predict_geometry,
+    sparse_logits,
+)
 
 
 def random_support(rng, m, V, groups):
@@ -104,6 +115,66 @@ def test_ntp_svm_matches_cvxpy(seed):
     # the centered support matrix is feasible, never better, and the reported distance is right
     assert res.centered_objective >= res.objective - 1e-9
     assert res.centered_distance == pytest.approx(normalized_distance(L, centered(S)), abs=1e-9)
+
+
+def test_reduction_to_distinct_supports_and_word_classes_is_exact():
+    # 6 distinct supports repeated (1, 4, 1, 3, 1, 2) times over 6 word classes of sizes (1, 3, 1, 2, 1, 1): the
+    # reduced 6 x 6 weighted program, expanded back, must be cvxpy's solution of the full 12 x 9 program.
+    rng = np.random.default_rng(2)
+    base = np.zeros((6, 6))
+    for j in range(6):
+        base[j, rng.choice(6, int(rng.integers(1, 3)), replace=False)] = 1
+    rmult, cmult = np.array([1, 4, 1, 3, 1, 2]), np.array([1, 3, 1, 2, 1, 1])
+    S = np.repeat(np.repeat(base, rmult, axis=0), cmult, axis=1)
+    L_ref, obj_ref = ntp_svm_cvxpy(S, solver="CLARABEL")
+    res = ntp_svm(S)
+    assert not res.certified and res.info["word_classes"] == 6 and res.multiplicity.tolist() == rmult.tolist()
+    assert res.objective == pytest.approx(obj_ref, rel=1e-6)
+    assert normalized_distance(res.L, L_ref) < 1e-4
+    assert res.info["dual_bound"] <= obj_ref * (1 + 1e-9) and res.info["duality_gap"] < 1e-6
+    act = ntp_svm(S, method="active-set", tol=1e-11, max_iter=5000)
+    assert act.info["method"] == "active-set" and normalized_distance(act.L, L_ref) < 1e-4
+    assert ntp_svm(S, merge_words=False).objective == pytest.approx(obj_ref, rel=1e-6)
+    # The test has teeth: dropping the row weights or the column weights gives a clearly different solution.
+    no_row_weights = ntp_svm(np.repeat(base, cmult, axis=1)).X
+    assert normalized_distance(np.repeat(no_row_weights, rmult, axis=0), L_ref) > 1e-2
+    no_col_weights = ntp_svm(np.repeat(base, rmult, axis=0), merge_words=False).L
+    assert normalized_distance(centered(np.repeat(no_col_weights, cmult, axis=1)), L_ref) > 1e-2
+
+
+def test_weighted_row_projection_is_the_projection_with_repeated_words():
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        S = (rng.random((7, 9)) < 0.3).astype(float)
+        S[:, 0], S[:, -1] = 1.0, 0.0
+        off = S == 0
+        T = centered(rng.normal(size=(7, 9)))
+        assert np.allclose(_project_rows_weighted(T - S, off, np.ones(9)), _project_rows(centered(S) - T, off))
+        n = rng.integers(1, 4, 9)
+        W = rng.normal(size=(7, 9))
+        cls = np.repeat(np.arange(9), n)
+        full = _project_rows_weighted(W[:, cls], off[:, cls], np.ones(cls.size))
+        assert np.allclose(full, _project_rows_weighted(W, off, n.astype(float))[:, cls])
+
+
+def test_planted_hierarchy_structure():
+    c = planted_hierarchy(200, 2000, topics=4, classes_per_topic=5, max_classes=2, max_support=20, seed=3)
+    S = c.stats.support
+    sizes = np.diff(S.indptr)
+    assert c.stats.num_contexts == 2000 and S.shape[1] == 200 and sizes.max() <= 20
+    group, mult = support_groups(S)
+    # contexts of a planted group share their support; every support is a union of at most 2 classes of one topic
+    assert np.array_equal(support_groups(np.eye(c.context_group.max() + 1)[c.context_group])[0], group)
+    for j in np.unique(group, return_index=True)[1]:
+        classes = np.unique(c.word_concept[S.indices[S.indptr[j]:S.indptr[j + 1]]])
+        assert classes.size <= 2 and np.unique(classes // 5).size == 1
+        assert sizes[j] == np.isin(c.word_concept, classes).sum()
+    assert np.allclose(np.asarray(c.stats.probabilities.sum(axis=1)).ravel(), 1.0)
+    # words of a class are interchangeable: the solver works on (at most) the classes
+    res = ntp_svm(S)
+    assert res.info["word_classes"] <= 21 and res.info.get("duality_gap", 0.0) < 1e-6
+    with pytest.raises(InvalidParameterError):
+        planted_hierarchy(10, 100, topics=4, classes_per_topic=5)
 
 
 def _random_sparse_supports(rng, m, V, max_size):

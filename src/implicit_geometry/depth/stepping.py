@@ -102,28 +102,51 @@ def logit_kernel(model, chain: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def implicit_euler_step(model, loss, chain: list[torch.Tensor], dt: torch.Tensor) -> list[torch.Tensor]:
+def second_order_logits(model, direction: list[torch.Tensor]) -> torch.Tensor:
+    """The ``t^2`` coefficient of ``Z(theta + t v)`` (a polynomial in t for the product ``F_L ... F_0``):
+    ``sum_{l > m} F..V_l..V_m..F`` (B x k x N)."""
+    F = model.factors
+    P0, P1, P2 = F[0], direction[0], torch.zeros_like(F[0])
+    for Fl, Vl in zip(F[1:], direction[1:]):
+        P0, P1, P2 = Fl @ P0, Fl @ P1 + Vl @ P0, Fl @ P2 + Vl @ P1
+    return P2
+
+
+def implicit_euler_step(model, loss, chain: list[torch.Tensor], dt: torch.Tensor,
+                        geodesic: bool = True) -> list[torch.Tensor]:
     """Linearly implicit Euler step of gradient flow with the Gauss-Newton curvature, per run:
     ``-dt (I + dt J^T S J)^{-1} g`` (one tensor per factor), S the CE Hessian in the logits.
 
-    By the push-through identity ``(I + dt J^T C C^T J)^{-1} = I - dt J^T C (I + dt C^T J J^T C)^{-1} C^T J``, so
-    one Cholesky solve of size ``N k`` per run; the loss must not have underflowed (it is used on plateaus, where
-    some margin is <= 0)."""
+    By the push-through identity ``(I + dt J^T C C^T J)^{-1} J^T rho = J^T (rho - dt C (I + dt C^T K C)^{-1} C^T K rho)``
+    with ``K = J J^T`` the logit kernel, so one Cholesky factorization of size ``N k`` per run. With ``geodesic``
+    the step gets the geodesic-acceleration correction of Levenberg-Marquardt (Transtrum & Sethna): the logits
+    are a product of the factors, so a straight step leaves the curved ravine floor at second order; the
+    correction ``a/2``, ``a = -dt (I + dt J^T S J)^{-1} J^T S (2 P2)`` (P2 the second-order logit change along the
+    step) bends it back, for one more solve with the same factor. The loss must not have underflowed (it is used
+    on plateaus, where some margin is <= 0)."""
     Z = chain[-1]
     Bsz, k, N = Z.shape
     G, log_scale = loss.scaled_gradient(Z)
-    grads = model.backward(chain, G * torch.exp(log_scale)[:, None, None])
+    r = G * torch.exp(log_scale)[:, None, None]
     C = softmax_root(loss, Z)  # B N k k
     K = logit_kernel(model, chain)  # B k N k N
     # M[i a, j b] = sum_cd C_i[c, a] K[c i, d j] C_j[d, b]
     M = torch.einsum("bica,bcidj,bjde->biaje", C, K, C).reshape(Bsz, N * k, N * k)
-    Jg = -tangent_logits(model, chain, grads)  # J g, B k N
-    v = torch.einsum("bica,bci->bia", C, Jg).reshape(Bsz, N * k, 1)
     system = torch.eye(N * k, dtype=Z.dtype, device=Z.device) + dt[:, None, None] * M
-    y = torch.cholesky_solve(v, torch.linalg.cholesky(system)).reshape(Bsz, N, k)
-    back = model.backward(chain, torch.einsum("bica,bia->bci", C, y))
+    chol = torch.linalg.cholesky(system)
     d = dt[:, None, None]
-    return [-d * (g - d * w) for g, w in zip(grads, back)]
+
+    def solve(rho: torch.Tensor) -> list[torch.Tensor]:  # -dt (I + dt J^T S J)^{-1} J^T rho
+        v = torch.einsum("bica,bcidj,bdj->bia", C, K, rho).reshape(Bsz, N * k, 1)
+        y = torch.cholesky_solve(v, chol).reshape(Bsz, N, k)
+        return [-d * x for x in model.backward(chain, rho - d * torch.einsum("bica,bia->bci", C, y))]
+
+    step = solve(r)
+    if geodesic:
+        P2 = second_order_logits(model, step)
+        SP2 = torch.einsum("bica,bida,bdi->bci", C, C, P2)  # S P2, sample by sample
+        step = [s + 0.5 * a for s, a in zip(step, solve(2.0 * SP2))]
+    return step
 
 
 class PathSimulator(Simulator):

@@ -133,7 +133,9 @@ def implicit_euler_step(model, loss, chain: list[torch.Tensor], dt: torch.Tensor
     # M[i a, j b] = sum_cd C_i[c, a] K[c i, d j] C_j[d, b]
     M = torch.einsum("bica,bcidj,bjde->biaje", C, K, C).reshape(Bsz, N * k, N * k)
     system = torch.eye(N * k, dtype=Z.dtype, device=Z.device) + dt[:, None, None] * M
-    chol = torch.linalg.cholesky(system)
+    # a failed factorization (non-finite logits after a bad step) yields NaN steps, which the caller rejects
+    chol, info = torch.linalg.cholesky_ex(system)
+    chol = torch.where((info == 0)[:, None, None], chol, torch.full_like(chol, math.nan))
     d = dt[:, None, None]
 
     def solve(rho: torch.Tensor) -> list[torch.Tensor]:  # -dt (I + dt J^T S J)^{-1} J^T rho

@@ -86,20 +86,21 @@ def softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
 
 
 def logit_kernel(model, chain: list[torch.Tensor]) -> torch.Tensor:
-    """The neural tangent kernel of the logits, ``J J^T`` (B x k x N x k x N): ``sum_l (A_l A_l^T) x (B_l^T B_l)``
-    with ``dZ = A_l dF_l B_l`` for factor l (``A_l = F_L ... F_{l+1}``, ``B_l`` the product below it, ``I`` for H)."""
+    """The neural tangent kernel of the logits, ``J J^T``, as B x k x k x N x N (entry ``[c, d, i, j]`` pairs logit
+    ``z_ci`` with ``z_dj``): ``sum_l (A_l A_l^T)[c, d] (B_l^T B_l)[i, j]`` with ``dZ = A_l dF_l B_l`` for factor l
+    (``A_l = F_L ... F_{l+1}``, ``B_l`` the product below it, ``I`` for H). One batched matmul over the layers."""
     F = model.factors
     Bsz, k, N = chain[-1].shape
-    eye_k = torch.eye(k, dtype=F[0].dtype, device=F[0].device).expand(Bsz, k, k)
-    eye_n = torch.eye(N, dtype=F[0].dtype, device=F[0].device).expand(Bsz, N, N)
-    A = eye_k
-    out = 0
+    A = torch.eye(k, dtype=F[0].dtype, device=F[0].device).expand(Bsz, k, k)
+    Ps, Bs = [], []
     for l in range(len(F) - 1, -1, -1):
-        P = A @ A.transpose(1, 2)
-        Bg = eye_n if l == 0 else chain[l - 1].transpose(1, 2) @ chain[l - 1]
-        out = out + P[:, :, None, :, None] * Bg[:, None, :, None, :]
+        Ps.append(A @ A.transpose(1, 2))
+        Bs.append(torch.eye(N, dtype=F[0].dtype, device=F[0].device).expand(Bsz, N, N) if l == 0
+                  else chain[l - 1].transpose(1, 2) @ chain[l - 1])
         A = A @ F[l]
-    return out
+    P = torch.stack(Ps, dim=-1).reshape(Bsz, k * k, len(F))
+    Bg = torch.stack(Bs, dim=1).reshape(Bsz, len(F), N * N)
+    return (P @ Bg).reshape(Bsz, k, k, N, N)
 
 
 def second_order_logits(model, direction: list[torch.Tensor]) -> torch.Tensor:
@@ -130,16 +131,17 @@ def implicit_euler_step(model, loss, chain: list[torch.Tensor], dt: torch.Tensor
     r = G * torch.exp(log_scale)[:, None, None]
     C = softmax_root(loss, Z)  # B N k k
     K = logit_kernel(model, chain)  # B k N k N
-    # M[i a, j b] = sum_cd C_i[c, a] K[c i, d j] C_j[d, b]
-    M = torch.einsum("bica,bcidj,bjde->biaje", C, K, C).reshape(Bsz, N * k, N * k)
+    # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b]
+    M = torch.einsum("bjde,biajd->biaje", C, torch.einsum("bica,bcdij->biajd", C, K)).reshape(Bsz, N * k, N * k)
     system = torch.eye(N * k, dtype=Z.dtype, device=Z.device) + dt[:, None, None] * M
     # a failed factorization (non-finite logits after a bad step) yields NaN steps, which the caller rejects
     chol, info = torch.linalg.cholesky_ex(system)
-    chol = torch.where((info == 0)[:, None, None], chol, torch.full_like(chol, math.nan))
+    if bool((info != 0).any()):
+        chol = torch.where((info == 0)[:, None, None], chol, torch.full_like(chol, math.nan))
     d = dt[:, None, None]
 
     def solve(rho: torch.Tensor) -> list[torch.Tensor]:  # -dt (I + dt J^T S J)^{-1} J^T rho
-        v = torch.einsum("bica,bcidj,bdj->bia", C, K, rho).reshape(Bsz, N * k, 1)
+        v = torch.einsum("bica,bci->bia", C, torch.einsum("bcdij,bdj->bci", K, rho)).reshape(Bsz, N * k, 1)
         y = torch.cholesky_solve(v, chol).reshape(Bsz, N, k)
         return [-d * x for x in model.backward(chain, rho - d * torch.einsum("bica,bia->bci", C, y))]
 

@@ -159,14 +159,16 @@ class PathSimulator(Simulator):
 
     Runs on a plateau (see the module docstring) switch to linearly implicit Euler steps until every sample is
     classified correctly; ``plateau=False`` keeps the explicit path step throughout (the previous rule).
-    ``plateau_steps`` counts, per run, the implicit steps taken.
+    ``plateau_steps`` counts, per run, the implicit steps tried (accepted or not); a run gets at most
+    ``plateau_budget`` of them (each costs several explicit steps), then continues with explicit steps.
 
     ``eta`` is taken from ``optimizer.lr`` when ``optimizer.name`` is ``"path"``-like; the other optimizers
     (``gd``, ``ngd``) are delegated to the core :class:`Simulator` unchanged.
     """
 
     def __init__(self, model, loss, eta: float = 0.01, optimizer=None, path: bool = True, plateau: bool = True,
-                 window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 20.0) -> None:
+                 window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 20.0,
+                 plateau_budget: int = 600) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)
@@ -175,6 +177,7 @@ class PathSimulator(Simulator):
         self.plateau = bool(plateau)
         self.window, self.flat_tol, self.stiff_ratio = int(window), float(flat_tol), float(stiff_ratio)
         self.exit_ratio = float(exit_ratio)
+        self.plateau_budget = int(plateau_budget)
         dev, B = model.factors[0].device, model.batch
         self.active = torch.ones(B, dtype=torch.bool, device=dev)
         self.stiff = torch.zeros(B, dtype=torch.bool, device=dev)  # on a plateau: implicit steps
@@ -234,8 +237,10 @@ class PathSimulator(Simulator):
         # (it costs about that much less), or before the loss could underflow
         dt_explicit = length * torch.exp(-log_gnorm)
         self.stiff &= (dt_explicit * self.exit_ratio < self.dt) & (log_loss > -100.0)
+        self.stiff &= self.plateau_steps < self.plateau_budget  # each costs ~5-10 explicit steps: bounded per run
         if self.step % self.window == 0:
             enter = (~self.stiff & self.active & (margin <= 0) & (length < self.stiff_ratio * relative)
+                     & (self.plateau_steps < self.plateau_budget)
                      & (self.ref_log_loss - log_loss < self.flat_tol))
             # start from the flow time of the explicit step it replaces
             self.dt = torch.where(enter, dt_explicit * self.exit_ratio * 2, self.dt)
@@ -261,7 +266,7 @@ class PathSimulator(Simulator):
         keep = accept[:, None, None]
         for F, Fs in zip(self.model.factors, sub.factors):
             F[idx] = torch.where(keep, Fs, F[idx])
-        self.plateau_steps[idx] += accept.long()
+        self.plateau_steps[idx] += 1
 
     def state_dict(self):
         state = super().state_dict()

@@ -384,3 +384,6 @@ def test_depth_cli_errors_and_run(tmp_path):
                                   "--target-margin", "3", "--quiet", "--json", "--out", str(tmp_path / "y")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["table"][0]["terminal_runs"] == 1
+    r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", "run", "depth", "--plateau-budget", "-1", "--out",
+                        str(tmp_path / "z")], capture_output=True, text=True)
+    assert r.returncode == 2 and "plateau_budget must be an integer >= 0 (got -1)" in r.stderr

@@ -56,6 +56,7 @@ class DepthConfig(ExperimentConfig):
     optimizer: str = "path"
     eta: float = 0.01
     plateau: bool = True
+    plateau_budget: int = 600
     lr: float = 1.0
     max_steps: int = 3000
     target_margin: float = 10.0
@@ -80,6 +81,7 @@ class DepthConfig(ExperimentConfig):
         self.eta = check_float("eta", self.eta, minimum=0.0, maximum=0.5, strict_min=True)
         if not isinstance(self.plateau, bool):
             raise InvalidParameterError(f"plateau must be true or false (got {self.plateau!r})")
+        self.plateau_budget = check_int("plateau_budget", self.plateau_budget, minimum=0)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.max_steps = check_int("max_steps", self.max_steps, minimum=1)
         self.target_margin = check_float("target_margin", self.target_margin, minimum=0.0, strict_min=True)
@@ -106,7 +108,8 @@ class _Cell:
                                init_std=c.init_std, seeds=run.seed_list, device=run.device)
         loss = CrossEntropy(run.labels, run.K, device=run.device)
         opt = OptimizerConfig(name="ngd" if c.optimizer == "path" else c.optimizer, lr=c.lr)
-        self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path", plateau=c.plateau)
+        self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path", plateau=c.plateau,
+                                 plateau_budget=c.plateau_budget)
         self.run = run
         B = c.seeds
         self.init_logit_norm = torch.linalg.matrix_norm(model.logits()).cpu().numpy()

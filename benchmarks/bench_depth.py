@@ -103,15 +103,17 @@ def bar_depth(quick: bool, max_steps: int, base: float, compare_old: bool) -> tu
             L = row["depth"]
             pairs = [(a, b) for a in s["runs"] for b in old["runs"]
                      if a["depth"] == L == b["depth"] and a["seed"] == b["seed"] and a["terminal"] and b["terminal"]]
-            if row["terminal_runs"] < row["runs"]:
-                print(f"  L={L:2d}: previous rule terminal in {row['terminal_runs']}/{row['runs']} runs (not compared)")
+            if not pairs:
+                print(f"  L={L:2d}: previous rule terminal in {row['terminal_runs']}/{row['runs']} runs, none in common (not compared)")
                 continue
-            d_er = max(abs(a["effective_rank"] - b["effective_rank"]) for a, b in pairs) if len(pairs) == row["runs"] else math.inf
+            if len(pairs) < row["terminal_runs"]:  # the previous rule reached the terminal phase, the new one did not
+                same = False
+            d_er = max(abs(a["effective_rank"] - b["effective_rank"]) for a, b in pairs)
             ranks = all(a["numerical_rank"] == b["numerical_rank"] for a, b in pairs)
             same &= d_er <= 0.05 and ranks
             print(f"  L={L:2d}: effective rank new {np.round([a['effective_rank'] for a, _ in pairs], 3).tolist()} "
                   f"previous {np.round([b['effective_rank'] for _, b in pairs], 3).tolist()}; largest difference {d_er:.3g}, "
-                  f"numerical ranks {'equal' if ranks else 'DIFFER'}")
+                  f"numerical ranks {'equal' if ranks else 'DIFFER'}; seeds terminal under both rules: {len(pairs)}/{row['runs']}")
         print(f"[{'PASS' if same else 'FAIL'}] unchanged where the previous rule reached the terminal phase "
               "(effective rank within 0.05, same numerical rank, per seed)")
         ok &= same

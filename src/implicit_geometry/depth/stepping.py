@@ -182,6 +182,8 @@ class PathSimulator(Simulator):
         self.window, self.flat_tol, self.stiff_ratio = int(window), float(flat_tol), float(stiff_ratio)
         self.exit_ratio = float(exit_ratio)
         self.plateau_budget = int(plateau_budget)
+        self.geodesic = True
+        self.grow, self.shrink = 1.5, 0.25
         dev, B = model.factors[0].device, model.batch
         self.active = torch.ones(B, dtype=torch.bool, device=dev)
         self.stiff = torch.zeros(B, dtype=torch.bool, device=dev)  # on a plateau: implicit steps
@@ -258,7 +260,7 @@ class PathSimulator(Simulator):
         sub = DeepUFM([F[idx] for F in self.model.factors])
         dt = self.dt[idx]
         old = self.loss.log_loss(chain[-1])
-        steps = implicit_euler_step(sub, self.loss, chain, dt)
+        steps = implicit_euler_step(sub, self.loss, chain, dt, geodesic=self.geodesic)
         size = torch.sqrt(sum(torch.linalg.vector_norm(s, dim=(1, 2)) ** 2 for s in steps)).clamp_min(1e-300)
         fac = torch.clamp(self.eta * tnorm / size, max=1.0)
         for F, s in zip(sub.factors, steps):
@@ -266,7 +268,7 @@ class PathSimulator(Simulator):
         new = self.loss.log_loss(sub.logits())
         accept = torch.isfinite(new) & (new <= old)
         # accepted: grow dt by 1.5 (or shrink it to the capped length); rejected: stay, dt / 4
-        self.dt[idx] = torch.where(accept, dt * torch.where(fac < 1, fac, torch.full_like(fac, 1.5)), dt / 4)
+        self.dt[idx] = torch.where(accept, dt * torch.where(fac < 1, fac, torch.full_like(fac, self.grow)), dt * self.shrink)
         keep = accept[:, None, None]
         for F, Fs in zip(self.model.factors, sub.factors):
             F[idx] = torch.where(keep, Fs, F[idx])

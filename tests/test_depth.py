@@ -30,7 +30,13 @@ from implicit_geometry.depth.efficiency import (
     overtaking_depth,
 )
 from implicit_geometry.depth.reading import adjacent_angles, code_distance, gram_factor, numerical_rank, read_geometry
-from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
+from implicit_geometry.depth.stepping import (
+    PathSimulator,
+    implicit_euler_step,
+    second_order_logits,
+    softmax_root,
+    tangent_logits,
+)
 from implicit_geometry.geometry.metrics import effective_rank, normalized_distance
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.losses import CrossEntropy
@@ -237,6 +243,69 @@ def test_path_stepping_runs_at_depth_where_gd_diverges():
     assert all(torch.equal(F[0], F0[0]) for F, F0 in zip(path.model.factors, before))
 
 
+def test_implicit_euler_step_solves_its_equation():
+    """``(I + dt J^T S J) step = -dt g`` checked through forward/backward products (no kernel assembly), with a
+    weighted, shifted loss; and the second-order logit coefficient against a central difference."""
+    m, _ = _small(L=3, std=0.7, K=4, d=5)
+    loss = CrossEntropy(np.arange(4), 4, weights=[1.0, 2.0, 0.5, 1.5], additive=[0.1, 0.0, -0.2, 0.3])
+    chain = m.forward_chain()
+    dt = torch.tensor([0.3, 5.0], dtype=torch.float64)
+    step = implicit_euler_step(m, loss, chain, dt, geodesic=False)
+    G, ls = loss.scaled_gradient(chain[-1])
+    g = m.backward(chain, G * torch.exp(ls)[:, None, None])
+    Jv = tangent_logits(m, chain, [-s for s in step])
+    C = softmax_root(loss, chain[-1])
+    SJv = torch.einsum("bica,bida,bdi->bci", C, C, Jv)
+    p = torch.softmax(loss.adjusted_logits(chain[-1]), dim=1)  # independent Hessian-vector product
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)[torch.arange(4)]
+    assert torch.allclose(SJv, w * (p * Jv - p * (p * Jv).sum(1, keepdim=True)), atol=1e-12)
+    for s, a, gg in zip(step, m.backward(chain, SJv), g):
+        assert torch.allclose(s + dt[:, None, None] * a, -dt[:, None, None] * gg, atol=1e-10 * float(gg.abs().max()))
+    v = [torch.randn(F.shape, dtype=F.dtype, generator=torch.Generator().manual_seed(i)) for i, F in enumerate(m.factors)]
+    t = 1e-3
+    Zt = [DeepUFM([F + u * x for F, x in zip(m.factors, v)]).logits() for u in (t, -t)]
+    central = (Zt[0] + Zt[1] - 2 * chain[-1]) / (2 * t * t)
+    assert torch.allclose(second_order_logits(m, v), central, atol=1e-5 * float(central.abs().max()))
+
+
+def _margins(Z, labels):
+    y = torch.as_tensor(labels).expand(Z.shape[0], 1, -1)
+    return (Z.gather(1, y).squeeze(1) - Z.scatter(1, y, -math.inf).amax(dim=1)).amin(dim=1)
+
+
+def test_plateau_steps_escape_rank1_saddle_and_resume_exactly():
+    """At L = 6 from small init the runs first collapse to rank-1 logits (a saddle: rank 1 cannot separate K = 4
+    classes). In 500 steps the explicit path rule is still there (margin <= 0); the implicit plateau steps are out
+    and well into the terminal phase. A checkpoint taken mid-plateau resumes to identical factors."""
+    labels = np.repeat(np.arange(4), 2)
+
+    def sim(plateau):
+        m = DeepUFM.random(num_classes=4, num_samples=8, dim=8, depth=6, batch=2, init_std=0.15, seeds=[0, 1])
+        return PathSimulator(m, CrossEntropy(labels, 4), eta=0.01, plateau=plateau)
+
+    old, new = sim(False), sim(True)
+    with torch.no_grad():
+        for _ in range(220):
+            old.update()
+            new.update()
+        Z = new.model.logits()
+        assert bool(new.stiff.any()) and float(_margins(Z, labels).max()) <= 0  # mid-plateau, implicit steps
+        assert effective_rank((Z[0] @ torch.as_tensor(np.kron(np.eye(4), np.ones((2, 1))) / 2)).numpy()) < 1.2
+        state = new.state_dict()
+        for _ in range(280):
+            old.update()
+            new.update()
+        resumed = sim(True)
+        resumed.load_state_dict(state)
+        for _ in range(280):
+            resumed.update()
+    assert float(_margins(old.model.logits(), labels).max()) <= 0.0
+    assert float(_margins(new.model.logits(), labels).min()) > 2.0
+    assert bool((new.plateau_steps > 0).all()) and not bool(new.stiff.any())
+    assert all(torch.equal(a, b) for a, b in zip(new.model.factors, resumed.model.factors))
+    assert torch.equal(new.dt, resumed.dt) and torch.equal(new.plateau_steps, resumed.plateau_steps)
+
+
 # -- experiment -----------------------------------------------------------------------------------------------------
 def _small_config(**kw):
     from implicit_geometry.experiments.depth import DepthConfig
@@ -315,3 +384,6 @@ def test_depth_cli_errors_and_run(tmp_path):
                                   "--target-margin", "3", "--quiet", "--json", "--out", str(tmp_path / "y")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["table"][0]["terminal_runs"] == 1
+    r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", "run", "depth", "--plateau-budget", "-1", "--out",
+                        str(tmp_path / "z")], capture_output=True, text=True)
+    assert r.returncode == 2 and "plateau_budget must be an integer >= 0 (got -1)" in r.stderr

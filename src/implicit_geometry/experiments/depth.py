@@ -55,6 +55,8 @@ class DepthConfig(ExperimentConfig):
     first_seed: int = 0
     optimizer: str = "path"
     eta: float = 0.01
+    plateau: bool = True
+    plateau_budget: int = 600
     lr: float = 1.0
     max_steps: int = 3000
     target_margin: float = 10.0
@@ -77,6 +79,9 @@ class DepthConfig(ExperimentConfig):
         self.validate_run_fields()
         check_choice("optimizer", self.optimizer, STEPPERS)
         self.eta = check_float("eta", self.eta, minimum=0.0, maximum=0.5, strict_min=True)
+        if not isinstance(self.plateau, bool):
+            raise InvalidParameterError(f"plateau must be true or false (got {self.plateau!r})")
+        self.plateau_budget = check_int("plateau_budget", self.plateau_budget, minimum=0)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.max_steps = check_int("max_steps", self.max_steps, minimum=1)
         self.target_margin = check_float("target_margin", self.target_margin, minimum=0.0, strict_min=True)
@@ -103,7 +108,8 @@ class _Cell:
                                init_std=c.init_std, seeds=run.seed_list, device=run.device)
         loss = CrossEntropy(run.labels, run.K, device=run.device)
         opt = OptimizerConfig(name="ngd" if c.optimizer == "path" else c.optimizer, lr=c.lr)
-        self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path")
+        self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path", plateau=c.plateau,
+                                 plateau_budget=c.plateau_budget)
         self.run = run
         B = c.seeds
         self.init_logit_norm = torch.linalg.matrix_norm(model.logits()).cpu().numpy()
@@ -189,6 +195,7 @@ class _Cell:
                 "init_dz_etf_distance": float(self.init_dz_etf[b]),
                 "grown_etf_distance": None if self.grown_step[b] < 0 else float(self.grown_etf[b]),
                 "grown_step": int(self.grown_step[b]),
+                "plateau_steps": int(self.sim.plateau_steps[b]),
                 "effective_rank": g.effective_rank, "stable_rank": g.stable_rank, "numerical_rank": g.numerical_rank,
                 "etf_distance": g.etf_distance, "code_distance": g.code_distance, "code_value_ratio": g.code_value_ratio,
                 "adjacent_angles_deg": g.adjacent_angles.tolist(),
@@ -286,6 +293,7 @@ class DepthRun:
         summary = {
             "experiment": "depth", "K": self.K, "n": c.samples_per_class, "N": self.N, "dims": c.dims, "depths": c.depths,
             "init_std": c.init_std, "seeds": self.seed_list, "optimizer": c.optimizer, "eta": c.eta,
+            "plateau": c.plateau,
             "reduction": "sum", "target_margin": c.target_margin, "seconds": round(self.seconds, 3),
             "table": table, "runs": [{k: v for k, v in r.items() if k not in ("gram_factor", "mean_logits")} for r in res],
         }
@@ -310,7 +318,8 @@ class DepthRun:
 def verdict(summary: dict[str, Any]) -> list[str]:
     K = summary["K"]
     lines = [f"K={K}, n={summary['n']}, init std {summary['init_std']}, {len(summary['seeds'])} seeds, "
-             f"{summary['optimizer']} steps, {summary['seconds']:.1f} s"]
+             f"{summary['optimizer']} steps" + (" (implicit on plateaus)" if summary.get("plateau") and summary["optimizer"] == "path" else "")
+             + f", {summary['seconds']:.1f} s"]
     for row in summary["table"]:
         head = f"d={row['dim']:<4d} L={row['depth']:<3d}"
         if not row["terminal_runs"]:

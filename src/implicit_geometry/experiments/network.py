@@ -10,6 +10,7 @@ NC4 streams it a second time against the first pass's class means. Mini-batch or
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,11 +158,26 @@ class NetworkTrainer:
         self.opt.load_state_dict(s["opt"])
         self.epoch, self.batch, self.loss_sum, self.seen = s["epoch"], s["batch"], s["loss_sum"], s["seen"]
 
-    def measure(self, permutations: int = 0, layers=("penultimate", "logits")) -> dict[str, Any]:
+    def measure(self, permutations: int = 0, layers=("penultimate", "logits"), centers: Any | None = None) -> dict[str, Any]:
+        """The geometry on the whole training set in eval mode. With ``centers`` (the penultimate class means of the
+        previous measurement) the data is streamed once and NC4 counted against them; without, twice."""
         from implicit_geometry.measure.api import measure
 
-        return measure(self.model, self.data.loader(batch_size=1024), self.data.num_classes, layers, device=self.device,
-                       permutations=permutations, seed=self.seed)
+        # large eval batches: the pass is matrix products, and 4096 x width floats stay small
+        return measure(self.model, self.data.loader(batch_size=4096), self.data.num_classes, layers, device=self.device,
+                       permutations=permutations, seed=self.seed, nc4="two-pass" if centers is None else "centers",
+                       centers=centers, sample_rows=200 if permutations == 0 else 1000)
+
+
+@contextlib.contextmanager
+def _flush_denormal():
+    """Flush denormal floats to zero while training: tiny gradients late in the terminal phase are otherwise
+    denormal and slow CPU arithmetic many times over. Restored on exit."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # torch's default
 
 
 def _row(epoch: int, seed: int, loss: float, m: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -187,23 +203,26 @@ def run_network(config: NetworkConfig | None = None, out: Path | str | None = No
     finals: list[dict[str, Any]] = state["finals"] if state else []
     seconds = state["seconds"] if state else 0.0
     start_seed = state["seed_index"] if state else 0
+    centers = state.get("centers") if state else None  # penultimate means of the last measurement (one-pass NC4)
     total = c.seeds * c.epochs
     bar = progress_bar(total, "network", progress, initial=start_seed * c.epochs + (state["trainer"]["epoch"] if state else 0))
     bar.unit = "epoch"
-    with interruptible() as stop, bar:
+    with interruptible() as stop, bar, _flush_denormal():
         for si in range(start_seed, c.seeds):
             trainer = NetworkTrainer(c, data, seeds[si], device)
             if state and si == start_seed:
                 trainer.load_state_dict(state["trainer"])
-            elif trainer.epoch == 0:
+            if trainer.epoch == 0 and not any(r["seed"] == seeds[si] and r["epoch"] == 0 for r in history):
                 t0 = time.perf_counter()
-                history.append(_row(0, seeds[si], float("nan"), trainer.measure(), seconds))
+                m = trainer.measure()
+                centers = m["means"]["penultimate"]
+                history.append(_row(0, seeds[si], float("nan"), m, seconds))
                 seconds += time.perf_counter() - t0
             last_save = time.perf_counter()
 
             def save(si=si, trainer=trainer) -> None:
                 write_torch(folder / "checkpoint.pt", {"trainer": trainer.state_dict(), "history": history, "finals": finals,
-                                                       "seconds": seconds, "seed_index": si})
+                                                       "seconds": seconds, "seed_index": si, "centers": centers})
 
             while trainer.epoch < c.epochs:
                 t0 = time.perf_counter()
@@ -219,14 +238,16 @@ def run_network(config: NetworkConfig | None = None, out: Path | str | None = No
                 bar.update(1)
                 if trainer.epoch % c.measure_every == 0 or trainer.epoch == c.epochs:
                     t0 = time.perf_counter()
-                    history.append(_row(trainer.epoch, seeds[si], loss, trainer.measure(), seconds))
+                    m = trainer.measure(centers=centers)  # one pass: NC4 against the previous measurement's means
+                    centers = m["means"]["penultimate"]
+                    history.append(_row(trainer.epoch, seeds[si], loss, m, seconds))
                     seconds += time.perf_counter() - t0
             final = trainer.measure(permutations=c.permutations, layers=_final_layers(trainer.model, c))
             finals.append(_jsonable_final(final, seeds[si]))
             state = None
             if si + 1 < c.seeds:
                 write_torch(folder / "checkpoint.pt", {"trainer": NetworkTrainer(c, data, seeds[si + 1], device).state_dict(),
-                                                       "history": history, "finals": finals, "seconds": seconds, "seed_index": si + 1})
+                                                       "history": history, "finals": finals, "seconds": seconds, "seed_index": si + 1, "centers": None})
     summary = _finish(folder, c, data, history, finals, seconds)
     summary["folder"] = str(folder)
     return summary

@@ -3,9 +3,13 @@ class-imbalanced) into the terminal phase of training, measuring the geometry of
 few epochs with :mod:`implicit_geometry.measure`, next to the ETF and SELI predictions for the data's counts.
 
 Conventions: mean cross-entropy over a mini-batch, SGD with momentum and weight decay, learning rate divided by
-10 at given fractions of the epochs (default 1/2 and 3/4). Measurements use the whole training set in eval mode;
-NC4 streams it a second time against the first pass's class means. Mini-batch order depends only on
-(seed, epoch), so a resumed run gives the same numbers.
+10 at given fractions of the epochs (default 1/2 and 3/4). Measurements use the whole training set in eval mode,
+streamed once at batches of 4096: NC4 counts against the penultimate class means of the previous measurement (the
+measurement at epoch 0 streams twice, NC4 against its own means). Mini-batch order depends only on (seed, epoch),
+so a resumed run gives the same numbers.
+
+The summary judges the issue's terminal-phase bar (:func:`terminal_phase_bar`): the first measured epoch with zero
+training error, NC1 there and at the end, their ratio (PASS at >= 10x) and the wall time.
 """
 
 from __future__ import annotations

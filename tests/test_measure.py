@@ -417,6 +417,14 @@ def test_network_experiment_and_resume(tmp_path, monkeypatch):
         assert (tmp_path / "a" / f).exists(), f
     assert full["counts"] == [12] * 5 + [3] * 5
     assert "seli_dist_means" in full["penultimate"] and len(full["verdict"]) == 4
+    # the terminal-phase bar is judged from the history: first measured epoch with zero training error, NC1 there / at the end
+    hist = read_csv(tmp_path / "a" / "history.csv")
+    zero = [r for r in hist if r["train_error"] == 0.0]
+    assert full["first_zero_error_epoch"] == (zero[0]["epoch"] if zero else None)
+    if zero:
+        assert full["nc1_reduction_since_zero_error"] == pytest.approx(zero[0]["nc1"] / hist[-1]["nc1"])
+    assert full["terminal_phase_bar"] == network_mod.terminal_phase_bar(full["first_zero_error_epoch"], full["nc1_reduction_since_zero_error"])
+    assert any(line.startswith("terminal phase " + ("PASS" if full["terminal_phase_bar"] else "FAIL")) for line in full["verdict"])
 
     class LateStop(StopFlag):  # SIGINT arriving after a few mini-batches
         calls = 0

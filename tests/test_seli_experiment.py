@@ -78,6 +78,12 @@ def test_out_folder_holding_a_run_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli(["run", "seli", "--steps", "10", "--out", str(tmp_path / "r")])
     assert exc.value.code == 2 and "use --resume" in capsys.readouterr().err
+    # a stray checkpoint without its config (a half-deleted run) must not be picked up by a new run
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "checkpoint.pt").write_bytes(b"not ours")
+    with pytest.raises(SystemExit) as exc:
+        cli(["run", "seli", "--steps", "10", "--out", str(tmp_path / "stray")])
+    assert exc.value.code == 2 and "holds a checkpoint.pt but no config.json" in capsys.readouterr().err
 
 
 def test_sigterm_checkpoint_and_resume_give_the_same_numbers(tmp_path):

@@ -84,6 +84,8 @@ def prepare_out(out: Path | None, experiment: str) -> Path:
         raise InvalidParameterError(
             f"--out must be a new or empty folder (got {str(out)!r}, which holds a run: use --resume to continue it)"
         )
+    if (out / "checkpoint.pt").exists():  # a new run must never pick up another run's state
+        raise InvalidParameterError(f"--out must be a new or empty folder (got {str(out)!r}, which holds a checkpoint.pt but no config.json)")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

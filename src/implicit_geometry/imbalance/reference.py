@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from implicit_geometry._validation import check_counts
+from implicit_geometry.geometry.targets import labels_from_counts, one_hot
 from implicit_geometry.imbalance.losses import LossParameters, loss_parameters
 
 
@@ -50,10 +51,9 @@ def cvxpy_max_margin(counts: Any, params: LossParameters | None = None, *, solve
     counts = check_counts(counts)
     k = counts.size
     p = params or loss_parameters(counts, "ce")
-    y = np.repeat(np.arange(k), counts)
+    y = labels_from_counts(counts)
     N = y.size
-    Y = np.zeros((k, N))
-    Y[y, np.arange(N)] = 1.0
+    Y = one_hot(y, k)
     Z = cp.Variable((k, N))
     zy = cp.sum(cp.multiply(Y, Z), axis=0)  # z_{y_i, i}
     Dy = p.multiplicative[y]
@@ -76,10 +76,9 @@ def cvxpy_ridge(counts: Any, weight_decay: float, params: LossParameters | None 
     counts = check_counts(counts)
     k = counts.size
     p = params or loss_parameters(counts, "ce")
-    y = np.repeat(np.arange(k), counts)
+    y = labels_from_counts(counts)
     N = y.size
-    Y = np.zeros((k, N))
-    Y[y, np.arange(N)] = 1.0
+    Y = one_hot(y, k)
     Z = cp.Variable((k, N))
     J = np.tile(p.multiplicative[y], (k, 1)) if p.label_dependent else np.tile(p.multiplicative[:, None], (1, N))
     Zp = cp.multiply(J, Z) + np.tile(p.additive[:, None], (1, N))

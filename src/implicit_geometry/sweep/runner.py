@@ -68,11 +68,13 @@ def run_points(experiment: str, items: list[tuple[dict[str, Any], str, bool]], t
 
     from implicit_geometry.sweep.contract import load_sweepable
 
-    writes = [(config, folder) for config, folder, write in items if write]
-    sweep = load_sweepable(experiment)
-    resumable = [i for i, (_, folder, write) in enumerate(items) if write and point_status(Path(folder)) == "partial"]
-    if sweep.run_batch is None or len(items) == 1 or resumable:  # a checkpointed point resumes on its own
+    def one_by_one() -> list[dict[str, Any]]:
         return [run_point(experiment, config, folder, threads, figures) if write else {"status": "skipped"} for config, folder, write in items]
+
+    sweep = load_sweepable(experiment)
+    resumable = any(write and point_status(Path(folder)) == "partial" for _, folder, write in items)
+    if sweep.run_batch is None or len(items) == 1 or resumable:  # a checkpointed point resumes on its own
+        return one_by_one()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
@@ -88,8 +90,8 @@ def run_points(experiment: str, items: list[tuple[dict[str, Any], str, bool]], t
             os._exit(130)
         return [{"status": "interrupted"} for _ in items]
     except Exception:  # one bad point must not fail the others: run each alone, recording its own error
-        return [run_point(experiment, config, folder, threads, figures) if write else {"status": "skipped"} for config, folder, write in items]
-    seconds = (time.perf_counter() - t0) / max(1, len(writes))
+        return one_by_one()
+    seconds = (time.perf_counter() - t0) / max(1, sum(write for _, _, write in items))
     return [{"status": "done", "seconds": seconds} if write else {"status": "skipped"} for _, _, write in items]
 
 

@@ -17,3 +17,27 @@ def rng():
 def random_rotation(d: int, rng) -> np.ndarray:
     Q, R = np.linalg.qr(rng.standard_normal((d, d)))
     return Q * np.sign(np.diag(R))
+
+
+def stop_after(monkeypatch, module, checks: int) -> None:
+    """Make ``module.interruptible`` report a stop request (as SIGINT would) from its ``checks + 1``-th check on;
+    ``monkeypatch.undo()`` restores it."""
+    import contextlib
+
+    class Flag:
+        calls = 0
+
+        @property
+        def requested(self):
+            Flag.calls += 1
+            return Flag.calls > checks
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    @contextlib.contextmanager
+    def fake():
+        yield Flag()
+
+    monkeypatch.setattr(module, "interruptible", fake)

@@ -120,3 +120,16 @@ def test_metrics_accept_torch_tensors(rng):
 def test_missing_class_is_refused():
     with pytest.raises(ig.InvalidParameterError, match="every class"):
         class_means(np.ones((2, 3)), np.array([0, 0, 2]))
+
+
+def test_nc1_ignores_a_large_common_offset(rng):
+    """Centring must annihilate the count vector exactly: features far from the origin (class means close
+    relative to their norm, as in random or bfloat16 networks) once gave NC1 ~ 1e30 from a rounding residue."""
+    from implicit_geometry.geometry.metrics import nc1
+
+    k, d, n = 5, 32, 40
+    y = np.repeat(np.arange(k), n)
+    H = rng.standard_normal((d, k))[:, y] * 0.05 + rng.standard_normal((d, k * n))
+    ref = nc1(H, y)
+    for offset in (1e2, 1e4, 1e6):
+        assert nc1(H + offset * rng.standard_normal((d, 1)), y) == pytest.approx(ref, rel=1e-4)

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import stop_after
 import scipy.sparse as sp
 import torch
 
@@ -325,8 +326,6 @@ def test_cli_stats_and_errors(tmp_path, capsys):
 
 
 def test_experiment_interrupt_and_resume_give_same_numbers(tmp_path, monkeypatch):
-    import contextlib
-
     import implicit_geometry.experiments.ntp as ntp_exp
     from implicit_geometry.experiments.base import Interrupted
     from implicit_geometry.experiments.ntp import NtpConfig, run_ntp
@@ -334,19 +333,7 @@ def test_experiment_interrupt_and_resume_give_same_numbers(tmp_path, monkeypatch
     cfg = dict(steps=30, bilinear_steps=0, dim=8, layers=1, heads=2, synthetic_length=2000, records=4, device="cpu", batch_size=32)
     full = run_ntp(NtpConfig(**cfg), tmp_path / "a", progress=False)
 
-    class Flag:
-        calls = 0
-
-        @property
-        def requested(self):
-            Flag.calls += 1
-            return Flag.calls > 12
-
-    @contextlib.contextmanager
-    def fake():
-        yield Flag()
-
-    monkeypatch.setattr(ntp_exp, "interruptible", fake)
+    stop_after(monkeypatch, ntp_exp, 12)
     with pytest.raises(Interrupted):
         run_ntp(NtpConfig(**cfg), tmp_path / "b", progress=False)
     monkeypatch.undo()

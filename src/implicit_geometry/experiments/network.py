@@ -114,8 +114,12 @@ class NetworkTrainer:
         torch.manual_seed(seed)
         self.model = build(c.model, in_shape=data.in_shape, num_classes=data.num_classes, width=c.width, depth=c.depth, trunk=c.trunk).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        self.epoch, self.batch, self.loss_sum, self.seen = 0, 0, 0.0, 0
+        self.epoch, self.batch, self.seen = 0, 0, 0
         self.x, self.y = data.x.to(device), data.y.to(device)
+        # the epoch's loss is summed on the device: reading it every batch would wait for the GPU every batch
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
 
     def lr_at(self, epoch: int) -> float:
         return self.c.lr * (0.1 ** sum(epoch >= int(f * self.c.epochs) for f in self.c.lr_drops if int(f * self.c.epochs) > 0))
@@ -126,7 +130,7 @@ class NetworkTrainer:
 
     def run_epoch(self, should_stop, on_batch=None) -> bool:
         """Continue the current epoch; False if stopped before its end."""
-        perm = self.order(self.epoch)
+        perm = self.order(self.epoch).to(self.device)
         B = self.c.batch_size
         nb = (len(perm) + B - 1) // B
         for g in self.opt.param_groups:
@@ -135,13 +139,14 @@ class NetworkTrainer:
         while self.batch < nb:
             if should_stop():
                 return False
-            idx = perm[self.batch * B : (self.batch + 1) * B].to(self.device)
+            idx = perm[self.batch * B : (self.batch + 1) * B]
             out = self.model(self.x[idx])
             loss = torch.nn.functional.cross_entropy(out, self.y[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            self.loss_sum += float(loss.detach()) * len(idx)
+            # float64 sum of (float32 loss x batch size): exact products, the same bits as a Python float sum
+            self._loss_sum += loss.detach().double() * len(idx)
             self.seen += len(idx)
             self.batch += 1
             if on_batch:
@@ -149,26 +154,29 @@ class NetworkTrainer:
         return True
 
     def end_epoch(self) -> float:
-        loss = self.loss_sum / max(self.seen, 1)
-        self.epoch, self.batch, self.loss_sum, self.seen = self.epoch + 1, 0, 0.0, 0
+        loss = float(self._loss_sum) / max(self.seen, 1)
+        self.epoch, self.batch, self.seen = self.epoch + 1, 0, 0
+        self._loss_sum.zero_()
         return loss
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": self.epoch, "batch": self.batch,
-                "loss_sum": self.loss_sum, "seen": self.seen}
+                "loss_sum": float(self._loss_sum), "seen": self.seen}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])
-        self.epoch, self.batch, self.loss_sum, self.seen = s["epoch"], s["batch"], s["loss_sum"], s["seen"]
+        self.epoch, self.batch, self.seen = s["epoch"], s["batch"], s["seen"]
+        self._loss_sum.fill_(s["loss_sum"])  # a float64 round trip: the resumed sum continues with the same bits
 
     def measure(self, permutations: int = 0, layers=("penultimate", "logits"), centers: Any | None = None) -> dict[str, Any]:
         """The geometry on the whole training set in eval mode. With ``centers`` (the penultimate class means of the
         previous measurement) the data is streamed once and NC4 counted against them; without, twice."""
         from implicit_geometry.measure.api import measure
+        from implicit_geometry.measure.data import TensorBatches
 
-        # large eval batches: the pass is matrix products, and 4096 x width floats stay small
-        return measure(self.model, self.data.loader(batch_size=4096), self.data.num_classes, layers, device=self.device,
+        # the training tensors already on the device; large eval batches: the pass is matrix products, and 4096 x width floats stay small
+        return measure(self.model, TensorBatches(self.x, self.y, 4096), self.data.num_classes, layers, device=self.device,
                        permutations=permutations, seed=self.seed, nc4="two-pass" if centers is None else "centers",
                        centers=centers, sample_rows=200 if permutations == 0 else 1000)
 

@@ -84,7 +84,16 @@ def class_means(H: Any, labels: Any, k: int | None = None) -> tuple[np.ndarray, 
 
 def _centered_means(means: np.ndarray, counts: np.ndarray) -> np.ndarray:
     global_mean = means @ counts / counts.sum()
-    return means - global_mean[:, None]
+    M = means - global_mean[:, None]
+    # M @ counts = 0 in exact arithmetic; rounding leaves eps * |global mean| there, which is large against M when
+    # the class means are close relative to their norm (random or low-precision features). Remove it exactly.
+    return M - np.outer(M @ counts, counts) / (counts @ counts)
+
+
+def _pinv_centered(M: np.ndarray) -> np.ndarray:
+    """Pseudo-inverse of centred class means, cutting singular values below numpy's rank tolerance
+    (``max(d, k) * eps * s_max``): the removed null direction must not come back as a huge inverse."""
+    return np.linalg.pinv(M, rcond=max(M.shape) * np.finfo(np.float64).eps)
 
 
 def nc1_from_stats(means: np.ndarray, counts: np.ndarray, sigma_w: np.ndarray) -> float:
@@ -95,7 +104,7 @@ def nc1_from_stats(means: np.ndarray, counts: np.ndarray, sigma_w: np.ndarray) -
     relative cut-off, so the rank (k-1 for an ETF) is detected, never assumed.
     """
     M = _centered_means(means, counts)
-    P = np.linalg.pinv(M)  # k x d
+    P = _pinv_centered(M)  # k x d
     return float(np.trace(P @ sigma_w @ P.T))
 
 
@@ -111,7 +120,7 @@ def nc1(H: Any, labels: Any) -> float:
     y = check_labels(labels)
     means, counts = class_means(H, y)
     M = _centered_means(means, counts)
-    P = np.linalg.pinv(M)
+    P = _pinv_centered(M)
     # tr(P Sigma_W P^T) = ||P (H - mu_y)||_F^2 / N without forming the d x d covariance.
     R = P @ (H - means[:, y])
     return float((R**2).sum() / H.shape[1])

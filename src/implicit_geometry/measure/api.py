@@ -95,7 +95,7 @@ def collect(
                         stats[name] = ClassStats(h.shape[1], K, scatter=h.shape[1] <= 4096, device=dev)
                         samples[name] = RowSample(h.shape[1], sample_rows, device="cpu")
                     stats[name].update(h, y.to(dev))
-                    samples[name].update(h.cpu(), y, keys=keys)
+                    samples[name].update(h.cpu(), y.cpu(), keys=keys)
                 if cross_moments:
                     for a, b in zip(layers[:-1], layers[1:]):
                         if feats[a].shape[1] + feats[b].shape[1] <= 4096:

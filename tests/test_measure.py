@@ -500,3 +500,24 @@ def test_context_statistics_with_a_tiny_causal_lm():
     assert st["support"].shape == (m, len(st["vocab"])) and st["support"].sum() == st["positions"]
     r = compare_ntp_geometry(st["embeddings"], st["unembedding"], st["support"], shuffles=5)
     assert 0 <= r["dist_H"] <= 2
+
+
+def test_signal_while_finishing_lets_the_run_complete(tmp_path, monkeypatch):
+    """SIGINT/SIGTERM arriving while a finished run writes its figures is held back: the run completes."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    real = network_mod._figures
+
+    def figures_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(network_mod, "_figures", figures_then_signal)
+    cfg = dict(dataset="digits", per_class=8, width=16, depth=1, epochs=2, batch_size=16, measure_every=1, permutations=0, device="cpu")
+    summary = run_network(NetworkConfig(**cfg), tmp_path / "a", progress=False)
+    assert (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "a" / "checkpoint.pt").exists()
+    assert summary["epochs"] == 2

@@ -64,6 +64,15 @@ def interruptible() -> Iterator[StopFlag]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def finishing() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while a finished run writes its tables, summary and figures (a few seconds):
+    a signal there would otherwise surface as a traceback from whatever import or write it hit, leaving a
+    folder that must recompute its last stretch."""
+    with interruptible():
+        yield
+
+
 def resolve_device(device: str) -> torch.device:
     device = check_choice("device", device, DEVICES)
     if device == "auto":

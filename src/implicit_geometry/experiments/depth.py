@@ -29,6 +29,7 @@ from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -344,7 +345,8 @@ def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, 
     if (folder / "checkpoint.pt").exists():
         run.load_checkpoint()
     run.train(progress=progress)
-    summary = run.finish(figures=figures)
+    with finishing():
+        summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
 

@@ -47,6 +47,7 @@ from implicit_geometry.dynamics.reduced import (
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -497,6 +498,7 @@ def run_hadamard(
     if (folder / "checkpoint.pt").exists():
         run.load_checkpoint()
     run.compute(progress=progress)
-    summary = run.finish()
+    with finishing():
+        summary = run.finish()
     summary["folder"] = str(folder)
     return summary

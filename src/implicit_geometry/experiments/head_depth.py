@@ -19,6 +19,7 @@ from implicit_geometry._validation import InvalidParameterError, check_int
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -93,7 +94,8 @@ def run_head_depth(config: HeadDepthConfig | None = None, out: Path | str | None
                          "stable_rank_mean_logits": pen["stable_rank_mean_logits"], "nc1": pen["nc1"], "train_error": 1 - pen["accuracy"],
                          "seli_dist_logits": pen["seli_dist_logits"], "seconds": seconds})
             write_torch(folder / "checkpoint.pt", {"rows": rows, "trainer": None, "seconds": seconds})
-    return _finish(folder, config, data, rows, seconds)
+    with finishing():
+        return _finish(folder, config, data, rows, seconds)
 
 
 def _finish(folder: Path, config: HeadDepthConfig, data, rows, seconds) -> dict[str, Any]:

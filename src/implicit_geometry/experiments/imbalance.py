@@ -22,6 +22,7 @@ from implicit_geometry._validation import InvalidParameterError, check_choice, c
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -359,7 +360,8 @@ def run_imbalance(
     if (folder / "checkpoint.pt").exists():
         sim_state = run.load_checkpoint()
     run.train(progress=progress, sim_state=sim_state)
-    summary = run.finish(figures=figures)
+    with finishing():
+        summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
 

@@ -27,6 +27,7 @@ from implicit_geometry._validation import check_choice, check_float, check_int
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -260,7 +261,8 @@ def run_network(config: NetworkConfig | None = None, out: Path | str | None = No
             if si + 1 < c.seeds:
                 write_torch(folder / "checkpoint.pt", {"trainer": NetworkTrainer(c, data, seeds[si + 1], device).state_dict(),
                                                        "history": history, "finals": finals, "seconds": seconds, "seed_index": si + 1, "centers": None})
-    summary = _finish(folder, c, data, history, finals, seconds)
+    with finishing():
+        summary = _finish(folder, c, data, history, finals, seconds)
     summary["folder"] = str(folder)
     return summary
 

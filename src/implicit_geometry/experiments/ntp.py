@@ -21,6 +21,7 @@ from implicit_geometry._validation import InvalidParameterError, check_choice, c
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -370,7 +371,8 @@ def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, r
         run.bilinear = run.run_bilinear()
         run.save_checkpoint()
     run.train(progress)
-    summary = run.finish(figures=figures)
+    with finishing():
+        summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
 

@@ -20,6 +20,7 @@ from implicit_geometry._validation import InvalidParameterError, check_choice, c
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    finishing,
     interruptible,
     open_run_folder,
     progress_bar,
@@ -290,7 +291,8 @@ def run_seli(
     if (folder / "checkpoint.pt").exists():
         run.load_checkpoint()
     run.train(progress=progress)
-    summary = run.finish(figures=figures)
+    with finishing():
+        summary = run.finish(figures=figures)
     summary["folder"] = str(folder)
     return summary
 
@@ -367,7 +369,8 @@ def run_seli_batch(
         if r.folder is None:
             summaries.append(None)
             continue
-        summary = r.finish(figures=figures)
+        with finishing():
+            summary = r.finish(figures=figures)
         summary["folder"] = str(r.folder)
         summaries.append(summary)
     return summaries

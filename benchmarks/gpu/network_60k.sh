@@ -1,0 +1,39 @@
+#!/bin/bash
+# Fashion-MNIST 60k terminal-phase runs on a lent GPU machine (the `device` tool), as session 3 ran them.
+#
+# Prepare here, once (both folders are git-ignored through .git/info/exclude):
+#   printf '/.whl/\n/.gpu/\n' >> .git/info/exclude
+#   mkdir -p .gpu/fmnist && cp /usr/share/datasets/fashion-mnist/train-* .gpu/fmnist/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .whl mnist1d cvxpy clarabel osqp qdldl highspy sparsediffpy   # test extras
+# Then run there with carry [".gpu", ".whl"]:
+#   T=540 bash benchmarks/gpu/network_60k.sh NAME "igeom-run-network-options" [NAME2 "options2" ...]
+#   RESUME="NAME ..." T=540 bash benchmarks/gpu/network_60k.sh      # after copying runs.tgz/ckpt.tgz back into .gpu/
+# Runs stop cleanly after T seconds (SIGINT: checkpoint written) so the next call resumes them; run folders come
+# back in $OUT/runs.tgz (no checkpoints) and $OUT/ckpt.tgz (checkpoints under 15 MB). TESTS=1 also runs the suite.
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD/src
+OUT=${OUT:-out}; mkdir -p "$OUT" runs logs
+T=${T:-540}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/smi.txt" 2>&1
+IG="python3 -m implicit_geometry.cli run network"
+DATA="--dataset fashion-mnist --data-dir .gpu/fmnist --per-class 0 --measure-every 1 --quiet"
+if [ -n "$RESUME" ]; then
+  tar xzf .gpu/ckpt.tgz; tar xzf .gpu/runs.tgz
+  for d in $RESUME; do OMP_NUM_THREADS=2 timeout -s INT "$T" $IG --resume "runs/$d" --quiet > "logs/$d.resume.log" 2>&1 & done
+fi
+while [ $# -ge 2 ]; do
+  name=$1; opts=$2; shift 2
+  # shellcheck disable=SC2086 # the options are meant to split
+  OMP_NUM_THREADS=2 timeout -s INT "$T" $IG $DATA $opts --out "runs/$name" > "logs/$name.log" 2>&1 &
+done
+if [ -n "$TESTS" ]; then
+  timeout 330 python3 -m pytest -q -n 6 --dist loadgroup -p no:cacheprovider tests src/implicit_geometry > "$OUT/pytest.log" 2>&1
+fi
+wait
+tar czf "$OUT/runs.tgz" --exclude=checkpoint.pt runs logs
+find runs -name checkpoint.pt -size -15M | tar czf "$OUT/ckpt.tgz" -T -
+tail -n 4 logs/*.log

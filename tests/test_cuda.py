@@ -3,8 +3,9 @@ since experiments default to ``device="auto"``."""
 
 import numpy as np
 import pytest
-from conftest import stop_after
 import torch
+
+from conftest import stop_after
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -53,7 +54,8 @@ def test_network_experiment_on_cuda_resumes(tmp_path, monkeypatch):
 
     cfg = dict(dataset="digits", per_class=20, width=32, depth=2, epochs=4, batch_size=16, measure_every=1, permutations=2, device="cuda")
     full = network_mod.run_network(network_mod.NetworkConfig(**cfg), tmp_path / "a", progress=False)
-    cpu = network_mod.run_network(network_mod.NetworkConfig(**{**cfg, "device": "cpu"}), tmp_path / "c", progress=False)
+    network_mod.run_network(network_mod.NetworkConfig(**{**cfg, "device": "cpu"}), tmp_path / "c", progress=False)
+
     def numeric(path):
         return [{k: float(v) if v else None for k, v in r.items()} for r in read_csv(path)]
 

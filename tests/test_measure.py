@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stop_after
 import torch
 
+from conftest import stop_after
 from implicit_geometry._validation import InvalidParameterError
 from implicit_geometry.geometry.metrics import nc1, nc2, nc3, nc4
 from implicit_geometry.geometry.targets import seli_geometry, simplex_etf

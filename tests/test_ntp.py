@@ -6,10 +6,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import stop_after
 import scipy.sparse as sp
 import torch
 
+from conftest import stop_after
 from implicit_geometry._validation import InvalidParameterError
 from implicit_geometry.geometry.metrics import normalized_distance
 from implicit_geometry.ntp.corpus import (

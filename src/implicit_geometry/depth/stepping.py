@@ -37,6 +37,10 @@ Measured (paper setting): every run at L = 6 and 4/5 at L = 7 escape within the 
 steps per run; at L = 8-10 the accepted ``dt`` stays ~0.01-0.03 (the loss is far from quadratic along longer
 steps) while the escape's flow time grows like ``s^-(L-1)``, so they do not (see docs/depth.md).
 
+Heavy-ball and Nesterov steps in place of the implicit ones were tried and rejected: with a restart on loss
+increase they follow gradient flow but are ~10x slower than the implicit steps at L = 6 and do not escape at
+L = 8-10; without it they leave the gradient-flow path (docs/depth.md).
+
 ``eta`` (default 0.01) is the only knob; halving it must not change the reached solution (tested against plain
 small-step gradient descent on small cases).
 """
@@ -157,9 +161,6 @@ def implicit_euler_step(model, loss, chain: list[torch.Tensor], dt: torch.Tensor
     return step
 
 
-PLATEAU_METHODS = ("implicit", "momentum", "nesterov")
-
-
 class PathSimulator(Simulator):
     """A :class:`Simulator` with the path-following step and per-run freezing: runs whose ``active`` flag is False
     are not updated (so a batch can stop each run at its own terminal point and still be deterministic per run).
@@ -169,19 +170,13 @@ class PathSimulator(Simulator):
     ``plateau_steps`` counts, per run, the implicit steps tried (accepted or not); a run gets at most
     ``plateau_budget`` of them (each costs several explicit steps), then continues with explicit steps.
 
-    ``plateau_method="momentum"`` / ``"nesterov"`` (experimental, measured and rejected, see docs/depth.md):
-    instead of implicit steps, heavy-ball / Nesterov steps on the curvature-capped path step (``momentum`` = beta,
-    ``momentum_step`` scales the step, ``restart`` resets the velocity when the log-loss rose), velocity in the
-    checkpoint.
-
     ``eta`` is taken from ``optimizer.lr`` when ``optimizer.name`` is ``"path"``-like; the other optimizers
     (``gd``, ``ngd``) are delegated to the core :class:`Simulator` unchanged.
     """
 
     def __init__(self, model, loss, eta: float = 0.01, optimizer=None, path: bool = True, plateau: bool = True,
                  window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 20.0,
-                 plateau_budget: int = 600, plateau_method: str = "implicit", momentum: float = 0.9,
-                 restart: bool = True, momentum_step: float = 1.0) -> None:
+                 plateau_budget: int = 600) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)
@@ -199,14 +194,6 @@ class PathSimulator(Simulator):
         self.dt = torch.zeros(B, dtype=torch.float64, device=dev)  # their flow-time step
         self.ref_log_loss = torch.full((B,), math.inf, dtype=torch.float64, device=dev)  # at the last window mark
         self.plateau_steps = torch.zeros(B, dtype=torch.long, device=dev)
-        if plateau_method not in PLATEAU_METHODS:
-            raise ValueError(f"plateau_method must be one of {PLATEAU_METHODS} (got {plateau_method!r})")
-        self.plateau_method = plateau_method
-        self.momentum, self.restart, self.momentum_step = float(momentum), bool(restart), float(momentum_step)
-        # heavy-ball plateau steps: per-run velocity, the log-loss at the previous step (restart test), restarts
-        self.velocity = [torch.zeros_like(F) for F in model.factors]
-        self.prev_log_loss = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
-        self.restarts = torch.zeros(B, dtype=torch.long, device=dev)
 
     def update(self) -> None:
         if not self.path:
@@ -243,14 +230,11 @@ class PathSimulator(Simulator):
         implicit = torch.zeros_like(self.active)
         if self.plateau:
             implicit = self._plateau_modes(Z, length, relative, log_scale + torch.log(gnorm))
-        capped = length
         length = torch.where(self.active & ~implicit, length, torch.zeros_like(length))
         scale = (length / gnorm)[:, None, None]
         for F, g in zip(model.factors, grads):
             F.addcmul_(g, scale, value=-1.0)
-        if self.plateau_method in ("momentum", "nesterov"):
-            self._momentum_steps(implicit, grads, capped / gnorm, tnorm)
-        elif bool(implicit.any()):
+        if bool(implicit.any()):
             self._implicit_steps(implicit.nonzero().squeeze(1), [c[implicit] for c in chain], tnorm[implicit])
         self.step += 1
 
@@ -262,12 +246,7 @@ class PathSimulator(Simulator):
         # leave plateau mode once the explicit step covers at least 1/exit_ratio of the implicit step's flow time
         # (it costs about that much less), or before the loss could underflow
         dt_explicit = length * torch.exp(-log_gnorm)
-        if self.plateau_method in ("momentum", "nesterov"):
-            # heavy ball stays on until every sample is classified (the escape); the restart test needs the loss
-            self.stiff &= (margin <= 0) & (log_loss > -100.0)
-            self._log_loss = log_loss
-        else:
-            self.stiff &= (dt_explicit * self.exit_ratio < self.dt) & (log_loss > -100.0)
+        self.stiff &= (dt_explicit * self.exit_ratio < self.dt) & (log_loss > -100.0)
         self.stiff &= self.plateau_steps < self.plateau_budget  # each costs ~5-10 explicit steps: bounded per run
         if self.step % self.window == 0:
             enter = (~self.stiff & self.active & (margin <= 0) & (length < self.stiff_ratio * relative)
@@ -278,40 +257,6 @@ class PathSimulator(Simulator):
             self.stiff |= enter
             self.ref_log_loss = log_loss
         return self.stiff & self.active
-
-    def _momentum_steps(self, on: torch.Tensor, grads: list[torch.Tensor], alpha: torch.Tensor,
-                        tnorm: torch.Tensor) -> None:
-        """Heavy-ball steps ``v <- beta v - alpha g``, ``theta <- theta + v`` for the runs ``on`` a plateau
-        (``alpha g`` = the curvature-capped path step), ``||v|| <= eta ||theta||``. With ``restart`` the velocity
-        is reset when the log-loss rose over the last step (O'Donoghue-Candes function restart)."""
-        log_loss = getattr(self, "_log_loss", None)
-        if not bool(on.any()):
-            for v in self.velocity:
-                v.zero_()
-            if log_loss is not None:
-                self.prev_log_loss = log_loss
-            return
-        keep = on.clone()
-        if self.restart and log_loss is not None:
-            rise = on & (log_loss > self.prev_log_loss)
-            self.restarts += rise.long()
-            keep &= ~rise
-        beta = torch.where(keep, torch.full_like(alpha, self.momentum), torch.zeros_like(alpha))[:, None, None]
-        a = torch.where(on, alpha * self.momentum_step, torch.zeros_like(alpha))[:, None, None]
-        for v, g in zip(self.velocity, grads):
-            v.mul_(beta).addcmul_(g, a, value=-1.0)
-        if self.plateau_method == "nesterov":  # gradient at the current point, look-ahead folded in: beta v - a g
-            steps = [v * beta - g * a for v, g in zip(self.velocity, grads)]
-        else:
-            steps = self.velocity
-        snorm = torch.sqrt(sum(torch.linalg.vector_norm(v, dim=(1, 2)) ** 2 for v in steps)).clamp_min(1e-300)
-        fac = torch.clamp(self.eta * tnorm / snorm, max=1.0)[:, None, None]
-        for F, v, st in zip(self.model.factors, self.velocity, steps):
-            F.addcmul_(st, fac)
-            v.mul_(fac)
-        self.plateau_steps += on.long()
-        if log_loss is not None:
-            self.prev_log_loss = log_loss
 
     def _implicit_steps(self, idx: torch.Tensor, chain: list[torch.Tensor], tnorm: torch.Tensor) -> None:
         from implicit_geometry.models.ufm import DeepUFM
@@ -335,17 +280,14 @@ class PathSimulator(Simulator):
 
     def state_dict(self):
         state = super().state_dict()
-        for name in ("active", "stiff", "dt", "ref_log_loss", "plateau_steps", "prev_log_loss", "restarts"):
+        for name in ("active", "stiff", "dt", "ref_log_loss", "plateau_steps"):
             state[name] = getattr(self, name).cpu().clone()
-        state["velocity"] = [v.cpu().clone() for v in self.velocity]
         return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         dev = self.model.factors[0].device
         self.active = state["active"].to(dev).clone()
-        for name in ("stiff", "dt", "ref_log_loss", "plateau_steps", "prev_log_loss", "restarts"):
+        for name in ("stiff", "dt", "ref_log_loss", "plateau_steps"):
             if name in state:  # checkpoints written before plateau mode existed
                 setattr(self, name, state[name].to(dev).clone())
-        if "velocity" in state:
-            self.velocity = [v.to(dev).clone() for v in state["velocity"]]

@@ -25,7 +25,7 @@ import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
 from implicit_geometry.depth.reading import read_geometry
-from implicit_geometry.depth.stepping import PLATEAU_METHODS, PathSimulator, tangent_logits
+from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
@@ -58,8 +58,6 @@ class DepthConfig(ExperimentConfig):
     eta: float = 0.01
     plateau: bool = True
     plateau_budget: int = 600
-    plateau_method: str = "implicit"
-    momentum: float = 0.9
     lr: float = 1.0
     max_steps: int = 3000
     target_margin: float = 10.0
@@ -85,8 +83,6 @@ class DepthConfig(ExperimentConfig):
         if not isinstance(self.plateau, bool):
             raise InvalidParameterError(f"plateau must be true or false (got {self.plateau!r})")
         self.plateau_budget = check_int("plateau_budget", self.plateau_budget, minimum=0)
-        check_choice("plateau_method", self.plateau_method, PLATEAU_METHODS)
-        self.momentum = check_float("momentum", self.momentum, minimum=0.0, maximum=0.999)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.max_steps = check_int("max_steps", self.max_steps, minimum=1)
         self.target_margin = check_float("target_margin", self.target_margin, minimum=0.0, strict_min=True)
@@ -114,8 +110,7 @@ class _Cell:
         loss = CrossEntropy(run.labels, run.K, device=run.device)
         opt = OptimizerConfig(name="ngd" if c.optimizer == "path" else c.optimizer, lr=c.lr)
         self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path", plateau=c.plateau,
-                                 plateau_budget=c.plateau_budget, plateau_method=c.plateau_method,
-                                 momentum=c.momentum)
+                                 plateau_budget=c.plateau_budget)
         self.run = run
         B = c.seeds
         self.init_logit_norm = torch.linalg.matrix_norm(model.logits()).cpu().numpy()
@@ -202,7 +197,6 @@ class _Cell:
                 "grown_etf_distance": None if self.grown_step[b] < 0 else float(self.grown_etf[b]),
                 "grown_step": int(self.grown_step[b]),
                 "plateau_steps": int(self.sim.plateau_steps[b]),
-                "restarts": int(self.sim.restarts[b]),
                 "effective_rank": g.effective_rank, "stable_rank": g.stable_rank, "numerical_rank": g.numerical_rank,
                 "etf_distance": g.etf_distance, "code_distance": g.code_distance, "code_value_ratio": g.code_value_ratio,
                 "adjacent_angles_deg": g.adjacent_angles.tolist(),

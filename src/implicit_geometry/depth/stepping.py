@@ -37,6 +37,10 @@ Measured (paper setting): every run at L = 6 and 4/5 at L = 7 escape within the 
 steps per run; at L = 8-10 the accepted ``dt`` stays ~0.01-0.03 (the loss is far from quadratic along longer
 steps) while the escape's flow time grows like ``s^-(L-1)``, so they do not (see docs/depth.md).
 
+Heavy-ball and Nesterov steps in place of the implicit ones were tried and rejected: with a restart on loss
+increase they follow gradient flow but are ~10x slower than the implicit steps at L = 6 and do not escape at
+L = 8-10; without it they leave the gradient-flow path (docs/depth.md).
+
 ``eta`` (default 0.01) is the only knob; halving it must not change the reached solution (tested against plain
 small-step gradient descent on small cases).
 """

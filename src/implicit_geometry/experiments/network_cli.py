@@ -22,13 +22,14 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True, help="SGD learning rate (see --lr-drops).")
 @click.option("--lr-drops", default="0.5,0.75", show_default=True, help="Fractions of the epochs where the learning rate is divided by 10 (empty: none).")
+@click.option("--lr-schedule", default="step", show_default=True, help="step (/10 at --lr-drops) or cosine (lr (1 + cos(pi epoch/epochs))/2; --lr-drops unused).")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--measure-every", type=int, default=5, show_default=True, help="Measure the geometry every this many epochs.")
 @click.option("--permutations", type=int, default=10, show_default=True, help="Permutations for the alignment nulls at the end.")
 @common_run_options
 def command(dataset, data_dir, model_name, width, depth, trunk, per_class, imbalance, ratio, minority_fraction, epochs, batch_size, lr,
-            lr_drops, momentum, weight_decay, measure_every, permutations, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
+            lr_drops, lr_schedule, momentum, weight_decay, measure_every, permutations, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Train a real network into the terminal phase and track its geometry against the ETF/SELI predictions."""
     from implicit_geometry.experiments.network import NetworkConfig, run_network
 
@@ -41,7 +42,7 @@ def command(dataset, data_dir, model_name, width, depth, trunk, per_class, imbal
         drops = [float(p) for p in lr_drops.split(",") if p.strip()]
     except ValueError:
         raise InvalidParameterError(f"lr-drops must be comma-separated fractions such as 0.5,0.75 (got {lr_drops!r})") from None
-    config = NetworkConfig(lr_drops=drops, 
+    config = NetworkConfig(lr_drops=drops, lr_schedule=lr_schedule,
         dataset=dataset, data_dir=data_dir, model=model_name, width=width, depth=depth, trunk=trunk, per_class=per_class,
         imbalance=imbalance, ratio=ratio, minority_fraction=minority_fraction, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, measure_every=measure_every, permutations=permutations, seeds=seeds,

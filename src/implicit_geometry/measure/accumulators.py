@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -205,7 +206,10 @@ class ClassStats(Accumulator):
         r = h - self.shift[y]
         self.counts += cnt
         # Class sums as a sparse one-hot product (several times faster than index_add_ for float64 on CPU).
-        onehot = torch.sparse_coo_tensor(torch.stack([y, torch.arange(B, device=self.device)]), torch.ones(B, dtype=_F64, device=self.device), (K, B), check_invariants=False)
+        with warnings.catch_warnings():  # some torch builds warn that invariant checks are off, which is what we ask
+            warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+            onehot = torch.sparse_coo_tensor(torch.stack([y, torch.arange(B, device=self.device)]), torch.ones(B, dtype=_F64, device=self.device),
+                                             (K, B), check_invariants=False)
         self.sums += torch.sparse.mm(onehot, r)
         self.sq += torch.bincount(y, weights=(r * r).sum(1), minlength=K)
         if self.keep_scatter:

@@ -108,6 +108,22 @@ def prepare_data(c: NetworkConfig):
     return data
 
 
+def scheduled_lr(c: NetworkConfig, epoch: int) -> float:
+    """The learning rate of an epoch (constant within it, so a resumed epoch continues with the same rate).
+
+    >>> c = NetworkConfig(lr=0.1, epochs=10, lr_schedule="cosine")
+    >>> [round(scheduled_lr(c, e), 4) for e in (0, 5, 9)]
+    [0.1, 0.05, 0.0024]
+    >>> [scheduled_lr(NetworkConfig(lr=1.0, epochs=10, lr_drops=[0.5]), e) for e in (4, 5)]
+    [1.0, 0.1]
+    """
+    if c.lr_schedule == "cosine":
+        # a smooth decay: no sudden drop, and no long constant phase (where batch-norm networks under weight decay
+        # showed loss spikes late in the terminal phase, docs/measure.md)
+        return c.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / c.epochs))
+    return c.lr * (0.1 ** sum(epoch >= int(f * c.epochs) for f in c.lr_drops if int(f * c.epochs) > 0))
+
+
 class NetworkTrainer:
     """Train one network with a deterministic mini-batch order; state at batch granularity for checkpoints."""
 
@@ -125,20 +141,6 @@ class NetworkTrainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
 
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of an epoch (constant within it, so a resumed epoch continues with the same rate).
-
-        >>> t = NetworkTrainer.__new__(NetworkTrainer)
-        >>> t.c = NetworkConfig(lr=0.1, epochs=10, lr_schedule="cosine")
-        >>> [round(t.lr_at(e), 4) for e in (0, 5, 9)]
-        [0.1, 0.05, 0.0024]
-        """
-        if self.c.lr_schedule == "cosine":
-            # a smooth decay: no sudden drop, and no long constant phase (where batch-norm networks under weight
-            # decay showed loss spikes late in the terminal phase, docs/measure.md)
-            return self.c.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.c.epochs))
-        return self.c.lr * (0.1 ** sum(epoch >= int(f * self.c.epochs) for f in self.c.lr_drops if int(f * self.c.epochs) > 0))
-
     def order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(1_000_003 * self.seed + epoch)
         return torch.randperm(self.x.shape[0], generator=g)
@@ -149,7 +151,7 @@ class NetworkTrainer:
         B = self.c.batch_size
         nb = (len(perm) + B - 1) // B
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.epoch)
+            g["lr"] = scheduled_lr(self.c, self.epoch)
         self.model.train()
         while self.batch < nb:
             if should_stop():

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from implicit_geometry._admm import balance_penalty
 from implicit_geometry._validation import check_counts, check_float, check_int
 from implicit_geometry.geometry.targets import ClassGeometry
 from implicit_geometry.imbalance.losses import LossParameters, check_temperatures, loss_parameters
@@ -160,12 +161,7 @@ def _admm(X0: np.ndarray, r: np.ndarray, s: np.ndarray, tol: float, max_iter: in
         scale = max(np.linalg.norm(Y), 1e-300)
         if prim < tol * scale and dual < tol * max(rho * np.linalg.norm(Uu), 1e-300):
             break
-        if prim > 10 * dual:
-            rho *= 2.0
-            Uu /= 2.0
-        elif dual > 10 * prim:
-            rho /= 2.0
-            Uu *= 2.0
+        rho = balance_penalty(rho, Uu, prim, dual)
     return Y, it
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from implicit_geometry._admm import balance_penalty
 from implicit_geometry._validation import InvalidParameterError, check_float, check_int
 from implicit_geometry.ntp.corpus import CorpusStats, support_groups
 
@@ -348,13 +349,7 @@ def ntp_svm(
                 break
             if time_limit is not None and time.perf_counter() - t0 > time_limit:
                 break
-            # Residual balancing keeps both residuals shrinking together (Boyd et al. 2011, section 3.4.1).
-            if r_norm > 10 * s_norm:
-                rho *= 2.0
-                Uu /= 2.0
-            elif s_norm > 10 * r_norm:
-                rho /= 2.0
-                Uu *= 2.0
+            rho = balance_penalty(rho, Uu, r_norm, s_norm)
         Ux, sx, Vx = _svd(AS)  # AS = d * X * sqn for the last Sig: one SVD gives the objective and the certificate
         obj = float(sx.sum())
         if best[0] < obj:

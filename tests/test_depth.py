@@ -371,6 +371,7 @@ def test_depth_cli_errors_and_run(tmp_path):
     import subprocess
     import sys
 
+    from implicit_geometry.experiments.depth import DepthConfig
     from implicit_geometry.experiments.depth_cli import _int_list
 
     assert _int_list("depths", "1..3,5") == [1, 2, 3, 5]
@@ -387,3 +388,5 @@ def test_depth_cli_errors_and_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", "run", "depth", "--plateau-budget", "-1", "--out",
                         str(tmp_path / "z")], capture_output=True, text=True)
     assert r.returncode == 2 and "plateau_budget must be an integer >= 0 (got -1)" in r.stderr
+    with pytest.raises(InvalidParameterError, match=r"plateau must be true or false \(got 'yes'\)"):
+        DepthConfig(plateau="yes").validate()

@@ -341,6 +341,12 @@ def test_save_load_model_and_measure_cli(tmp_path, capsys):
     assert _cli(["measure", "--model", str(tmp_path / "ts.pt"), "--data", "digits", "--layers", "logits", "--max-rows", "100", "--permutations", "0"]) == 0
     assert _cli(["measure", "--model", str(tmp_path / "missing.pt"), "--data", "digits"]) == 2
     assert "model must be an existing file" in capsys.readouterr().err
+    # a batch-normalized MLP: its running statistics travel with the state dict, and eval outputs agree
+    bn = build("mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=2, batch_norm=True)
+    bn(torch.randn(32, 1, 8, 8))  # train mode: moves the running statistics off their initial values
+    save_model(tmp_path / "bn.pt", bn, "mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=2, batch_norm=True)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(bn.eval()(x), load_model(tmp_path / "bn.pt").eval()(x))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -441,6 +447,8 @@ def test_run_commands_bad_input_and_head_depth(tmp_path, capsys):
 
     assert _cli(["run", "network", "--dataset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "dataset must be one of" in capsys.readouterr().err
+    assert _cli(["run", "network", "--model", "resnet20", "--batch-norm", "--out", str(tmp_path / "x")]) == 2
+    assert "batch_norm applies to model mlp only" in capsys.readouterr().err
     assert _cli(["run", "head-depth", "--depths", "1,x"]) == 2
     capsys.readouterr()
     assert _cli(["run", "head-depth", "--depths", "1,4", "--per-class", "10", "--epochs", "2", "--out", str(tmp_path / "hd"), "--quiet", "--json"]) == 0

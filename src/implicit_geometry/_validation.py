@@ -36,6 +36,12 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        _fail(name, "true or false", value)
+    return bool(value)
+
+
 def check_float(
     name: str,
     value: Any,

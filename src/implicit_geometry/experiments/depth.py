@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
+from implicit_geometry._validation import InvalidParameterError, check_bool, check_choice, check_float, check_int
 from implicit_geometry.depth.reading import read_geometry
 from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
 from implicit_geometry.experiments.base import (
@@ -80,8 +80,7 @@ class DepthConfig(ExperimentConfig):
         self.validate_run_fields()
         check_choice("optimizer", self.optimizer, STEPPERS)
         self.eta = check_float("eta", self.eta, minimum=0.0, maximum=0.5, strict_min=True)
-        if not isinstance(self.plateau, bool):
-            raise InvalidParameterError(f"plateau must be true or false (got {self.plateau!r})")
+        self.plateau = check_bool("plateau", self.plateau)
         self.plateau_budget = check_int("plateau_budget", self.plateau_budget, minimum=0)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.max_steps = check_int("max_steps", self.max_steps, minimum=1)

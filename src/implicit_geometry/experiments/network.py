@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_geometry._validation import check_choice, check_float, check_int
+from implicit_geometry._validation import InvalidParameterError, check_bool, check_choice, check_float, check_int
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
@@ -51,6 +51,7 @@ class NetworkConfig(ExperimentConfig):
     width: int = 512
     depth: int = 2
     trunk: int = 0
+    batch_norm: bool = False  # mlp: BatchNorm1d before every hidden ReLU
     per_class: int = 100  # rows per class of the balanced subset (0 = the whole data set)
     imbalance: str = "none"
     ratio: float = 10.0
@@ -76,6 +77,9 @@ class NetworkConfig(ExperimentConfig):
         self.width = check_int("width", self.width, minimum=1)
         self.depth = check_int("depth", self.depth, minimum=1)
         self.trunk = check_int("trunk", self.trunk, minimum=0)
+        self.batch_norm = check_bool("batch_norm", self.batch_norm)
+        if self.batch_norm and self.model != "mlp":
+            raise InvalidParameterError(f"batch_norm applies to model mlp only (resnet20 is always batch-normalized; got model {self.model!r})")
         self.per_class = check_int("per_class", self.per_class, minimum=0)
         check_choice("imbalance", self.imbalance, ["none", "step", "exp"])
         self.ratio = check_float("ratio", self.ratio, minimum=1.0)
@@ -132,7 +136,8 @@ class NetworkTrainer:
 
         self.c, self.data, self.seed, self.device = c, data, seed, device
         torch.manual_seed(seed)
-        self.model = build(c.model, in_shape=data.in_shape, num_classes=data.num_classes, width=c.width, depth=c.depth, trunk=c.trunk).to(device)
+        self.model = build(c.model, in_shape=data.in_shape, num_classes=data.num_classes, width=c.width, depth=c.depth, trunk=c.trunk,
+                           batch_norm=c.batch_norm).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self.epoch, self.batch, self.seen = 0, 0, 0
         self.x, self.y = data.x.to(device), data.y.to(device)

@@ -14,6 +14,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--width", type=int, default=512, show_default=True, help="Head width d (mlp) or base width (resnet20, use 16).")
 @click.option("--depth", type=int, default=2, show_default=True, help="mlp: number L of ReLU head layers.")
 @click.option("--trunk", type=int, default=0, show_default=True, help="mlp: width of one input layer before the head (0: none).")
+@click.option("--batch-norm/--no-batch-norm", default=False, show_default=True, help="mlp: BatchNorm1d before every hidden ReLU.")
 @click.option("--per-class", type=int, default=100, show_default=True, help="Rows per class of the training subset (0: all).")
 @click.option("--imbalance", default="none", show_default=True, help="none, step or exp (majorities first).")
 @click.option("--ratio", type=float, default=10.0, show_default=True, help="Imbalance ratio (largest/smallest class).")
@@ -28,7 +29,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--measure-every", type=int, default=5, show_default=True, help="Measure the geometry every this many epochs.")
 @click.option("--permutations", type=int, default=10, show_default=True, help="Permutations for the alignment nulls at the end.")
 @common_run_options
-def command(dataset, data_dir, model_name, width, depth, trunk, per_class, imbalance, ratio, minority_fraction, epochs, batch_size, lr,
+def command(dataset, data_dir, model_name, width, depth, trunk, batch_norm, per_class, imbalance, ratio, minority_fraction, epochs, batch_size, lr,
             lr_drops, lr_schedule, momentum, weight_decay, measure_every, permutations, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Train a real network into the terminal phase and track its geometry against the ETF/SELI predictions."""
     from implicit_geometry.experiments.network import NetworkConfig, run_network
@@ -43,7 +44,7 @@ def command(dataset, data_dir, model_name, width, depth, trunk, per_class, imbal
     except ValueError:
         raise InvalidParameterError(f"lr-drops must be comma-separated fractions such as 0.5,0.75 (got {lr_drops!r})") from None
     config = NetworkConfig(lr_drops=drops, lr_schedule=lr_schedule,
-        dataset=dataset, data_dir=data_dir, model=model_name, width=width, depth=depth, trunk=trunk, per_class=per_class,
+        dataset=dataset, data_dir=data_dir, model=model_name, width=width, depth=depth, trunk=trunk, batch_norm=batch_norm, per_class=per_class,
         imbalance=imbalance, ratio=ratio, minority_fraction=minority_fraction, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, measure_every=measure_every, permutations=permutations, seeds=seeds,
         first_seed=first_seed, device=device,

@@ -341,6 +341,12 @@ def test_save_load_model_and_measure_cli(tmp_path, capsys):
     assert _cli(["measure", "--model", str(tmp_path / "ts.pt"), "--data", "digits", "--layers", "logits", "--max-rows", "100", "--permutations", "0"]) == 0
     assert _cli(["measure", "--model", str(tmp_path / "missing.pt"), "--data", "digits"]) == 2
     assert "model must be an existing file" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_text("not a model")
+    save_model(tmp_path / "wide.pt", net, "mlp", in_shape=(1, 8, 8), num_classes=10, width=32, depth=1)
+    for name, message in (("junk.pt", "model must be TorchScript or a file from"), ("wide.pt", "does not match its architecture 'mlp'")):
+        assert _cli(["measure", "--model", str(tmp_path / name), "--data", "digits"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     # a batch-normalized MLP: its running statistics travel with the state dict, and eval outputs agree
     bn = build("mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=2, batch_norm=True)
     bn(torch.randn(32, 1, 8, 8))  # train mode: moves the running statistics off their initial values

@@ -140,11 +140,17 @@ def load_model(path: Path | str) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception:  # noqa: BLE001 - not TorchScript: try our own format
         pass
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if not (isinstance(obj, dict) and "architecture" in obj and "state_dict" in obj):
-        raise InvalidParameterError(
-            f"model must be TorchScript or a file from implicit_geometry.models.save_model with keys architecture/kwargs/state_dict (got {str(path)!r})"
-        )
-    net = build(obj["architecture"], **obj.get("kwargs", {}))
-    net.load_state_dict(obj["state_dict"])
+    accepted = "TorchScript or a file from implicit_geometry.models.save_model (keys architecture/kwargs/state_dict)"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, not our bug
+        raise InvalidParameterError(f"model must be {accepted} (got {str(path)!r}: {type(exc).__name__}: {str(exc)[:120]})") from None
+    if not (isinstance(obj, dict) and "architecture" in obj and "state_dict" in obj and isinstance(obj.get("kwargs", {}), dict)):
+        raise InvalidParameterError(f"model must be {accepted} (got {str(path)!r})")
+    try:
+        net = build(obj["architecture"], **obj.get("kwargs", {}))
+        net.load_state_dict(obj["state_dict"])
+    except (TypeError, RuntimeError) as exc:  # unknown keyword, or weights of another shape than the kwargs say
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__  # torch's message spans lines: keep one
+        raise InvalidParameterError(f"model file {str(path)!r} does not match its architecture {obj['architecture']!r} and kwargs: {why}") from None
     return net

@@ -417,12 +417,14 @@ from implicit_geometry.experiments import network as network_mod  # noqa: E402
 from implicit_geometry.experiments.network import NetworkConfig, run_network  # noqa: E402
 
 
-def test_network_experiment_and_resume(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_network_experiment_and_resume(tmp_path, monkeypatch, batch_norm):
     from implicit_geometry.experiments.base import Interrupted
     from implicit_geometry.io import read_csv
 
+    # with batch norm the running statistics are state too: the resumed run must still give the same bits
     cfg = dict(dataset="digits", per_class=12, imbalance="step", ratio=4, width=24, depth=1, epochs=4, batch_size=16,
-               measure_every=2, permutations=2, device="cpu")
+               measure_every=2, permutations=2, device="cpu", batch_norm=batch_norm)
     full = run_network(NetworkConfig(**cfg), tmp_path / "a", progress=False)
     for f in ("config.json", "history.csv", "summary.json", "final.npz", "figures/collapse.png", "figures/grams.png"):
         assert (tmp_path / "a" / f).exists(), f

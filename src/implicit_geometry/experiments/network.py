@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_geometry._validation import InvalidParameterError, check_bool, check_choice, check_float, check_int
+from implicit_geometry._validation import check_bool, check_choice, check_float, check_int
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
@@ -35,6 +35,7 @@ from implicit_geometry.experiments.base import (
     resolve_device,
 )
 from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
+from implicit_geometry.models.networks import check_architecture
 
 TRACKED = (
     "nc1", "cdnv", "nc3", "nc4", "equinorm_means", "equiangular_means", "etf_dist_means", "seli_dist_means",
@@ -73,13 +74,11 @@ class NetworkConfig(ExperimentConfig):
     def validate(self) -> NetworkConfig:
         if not (self.dataset.startswith(("idx:", "cifar10:")) or self.dataset in ("digits", "mnist1d", "fashion-mnist")):
             check_choice("dataset", self.dataset, ["digits", "mnist1d", "fashion-mnist", "idx:FOLDER", "cifar10:FOLDER"])
-        check_choice("model", self.model, ["mlp", "resnet20"])
         self.width = check_int("width", self.width, minimum=1)
         self.depth = check_int("depth", self.depth, minimum=1)
         self.trunk = check_int("trunk", self.trunk, minimum=0)
         self.batch_norm = check_bool("batch_norm", self.batch_norm)
-        if self.batch_norm and self.model != "mlp":
-            raise InvalidParameterError(f"batch_norm applies to model mlp only (resnet20 is always batch-normalized; got model {self.model!r})")
+        self.model = check_architecture(self.model, self.batch_norm)
         self.per_class = check_int("per_class", self.per_class, minimum=0)
         check_choice("imbalance", self.imbalance, ["none", "step", "exp"])
         self.ratio = check_float("ratio", self.ratio, minimum=1.0)

@@ -40,6 +40,7 @@ class ReLUHeadMLP(nn.Module):
         super().__init__()
         in_dim, width = check_int("in_dim", in_dim, minimum=1), check_int("width", width, minimum=1)
         depth, trunk = check_int("depth", depth, minimum=1), check_int("trunk", trunk, minimum=0)
+
         def hidden(d_in: int, d_out: int) -> list[nn.Module]:
             if batch_norm:
                 return [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU()]
@@ -107,11 +108,19 @@ class ResNet20(nn.Module):
 ARCHITECTURES = ("mlp", "resnet20")
 
 
+def check_architecture(name: str, batch_norm: bool = False) -> str:
+    """The architecture name, checked together with the options that only some architectures take."""
+    name = check_choice("model", name, ARCHITECTURES)
+    if batch_norm and name != "mlp":
+        raise InvalidParameterError(f"batch_norm applies to model mlp only (resnet20 is always batch-normalized; got model {name!r})")
+    return name
+
+
 def build(name: str, *, in_shape: tuple[int, ...], num_classes: int, width: int | None = None, depth: int = 2, trunk: int = 0,
           batch_norm: bool = False) -> nn.Module:
     """A network by name: ``mlp`` (width default 128, ``depth`` ReLU head layers, optional ``batch_norm``) or
     ``resnet20`` (width default 16, always batch-normalized); ``in_shape`` is one input's shape (C, H, W) or (D,)."""
-    name = check_choice("model", name, ARCHITECTURES)
+    name = check_architecture(name, batch_norm)
     in_shape = tuple(int(s) for s in in_shape)
     if name == "mlp":
         return ReLUHeadMLP(math.prod(in_shape), num_classes, width=width or 128, depth=depth, trunk=trunk, batch_norm=batch_norm)

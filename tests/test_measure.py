@@ -355,6 +355,57 @@ def test_save_load_model_and_measure_cli(tmp_path, capsys):
     assert torch.equal(bn.eval()(x), load_model(tmp_path / "bn.pt").eval()(x))
 
 
+@pytest.mark.parametrize("name, kwargs", [("resnet20", dict(in_shape=(1, 8, 8), width=4)),
+                                          ("mlp", dict(in_shape=(1, 8, 8), width=16, depth=2, trunk=12, batch_norm=True))])
+def test_normalized_weights_are_exactly_the_scale_invariant_ones(name, kwargs):
+    from implicit_geometry.models.networks import normalized_weights
+
+    torch.manual_seed(0)
+    net = build(name, num_classes=5, **kwargs).double().train()  # train mode: batch statistics, where invariance is exact
+    with torch.no_grad():  # off the initial gammas = 1, betas = 0, where scaling a gamma alone is invariant too
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    ref = net(x)
+    normed = {id(p) for p in normalized_weights(net)}
+    for pname, p in net.named_parameters():
+        with torch.no_grad():
+            p.mul_(3.0)
+            out = net(x)
+            p.div_(3.0)
+        # up to BatchNorm's eps (1e-5 against unit-scale variances): invariant, or clearly not
+        assert (torch.allclose(out, ref, atol=1e-4) if id(p) in normed else not torch.allclose(out, ref, atol=1e-2)), pname
+    weights = [p for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for p in [m.weight]]
+    assert len(normed) == len(weights) - 1  # every weight but the classifier's
+
+
+def test_network_weight_decay_normalized(capsys):
+    from implicit_geometry.experiments.network import NetworkTrainer, prepare_data
+    from implicit_geometry.models.networks import normalized_weights
+
+    cfg = dict(dataset="digits", per_class=8, width=12, depth=2, batch_norm=True, epochs=1, batch_size=16, lr=0.1,
+               weight_decay=0.5, device="cpu")
+    c = NetworkConfig(**cfg, weight_decay_normalized=0.0).validate()
+    trainer = NetworkTrainer(c, prepare_data(c), 0, torch.device("cpu"))
+    normed = normalized_weights(trainer.model)
+    before = [p.detach().clone() for p in normed]
+    w = trainer.model.classifier.weight.detach().clone()
+    # a step on a zero loss: only weight decay moves the parameters, so the normalized weights stay put and the rest shrink
+    trainer.opt.zero_grad()
+    sum(0.0 * p.sum() for p in trainer.model.parameters()).backward()
+    trainer.opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, normed))
+    assert torch.allclose(trainer.model.classifier.weight, w * (1 - 0.1 * 0.5))  # lr x weight_decay
+    with pytest.raises(InvalidParameterError, match="applies to batch-normalized networks only"):
+        NetworkConfig(**{**cfg, "batch_norm": False}, weight_decay_normalized=0.0).validate()
+    with pytest.raises(InvalidParameterError, match="weight_decay_normalized must be"):
+        NetworkConfig(**cfg, weight_decay_normalized=-1.0).validate()
+    assert _cli(["run", "network", "--weight-decay-normalized", "0", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "applies to batch-normalized networks only" in err and len(err.strip().splitlines()) == 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------
@@ -422,9 +473,10 @@ def test_network_experiment_and_resume(tmp_path, monkeypatch, batch_norm):
     from implicit_geometry.experiments.base import Interrupted
     from implicit_geometry.io import read_csv
 
-    # with batch norm the running statistics are state too: the resumed run must still give the same bits
+    # with batch norm the running statistics are state too, and the optimizer has two parameter groups (the
+    # normalized weights' own decay): the resumed run must still give the same bits
     cfg = dict(dataset="digits", per_class=12, imbalance="step", ratio=4, width=24, depth=1, epochs=4, batch_size=16,
-               measure_every=2, permutations=2, device="cpu", batch_norm=batch_norm)
+               measure_every=2, permutations=2, device="cpu", batch_norm=batch_norm, weight_decay_normalized=0.0 if batch_norm else None)
     full = run_network(NetworkConfig(**cfg), tmp_path / "a", progress=False)
     for f in ("config.json", "history.csv", "summary.json", "final.npz", "figures/collapse.png", "figures/grams.png"):
         assert (tmp_path / "a" / f).exists(), f

@@ -9,10 +9,11 @@
 # Then run there with carry [".gpu", ".whl"]:
 #   T=540 bash benchmarks/gpu/network_60k.sh NAME "igeom-run-network-options" [NAME2 "options2" ...]
 #   RESUME="NAME ..." T=540 bash benchmarks/gpu/network_60k.sh      # after copying runs.tgz/ckpt.tgz back into .gpu/
-# Next to try (docs/measure.md; both fit one 10-minute call side by side with T=560, then one resume call):
+# Next to try (docs/measure.md, session 5): the run that ended at zero error, for 200 epochs, alone (two calls):
 #   T=560 bash benchmarks/gpu/network_60k.sh \
-#     cos "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --epochs 110 --lr-schedule cosine" \
-#     drop2 "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --epochs 110 --lr-drops 0.22,0.75"
+#     x2long "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --weight-decay-normalized 5e-3 --epochs 200 --lr-drops 0.075,0.075"
+# ckpt.tgz must stay under 16 MB to come back: with more than one width-32 run it does not, so resume those in the
+# next call while the machine is still warm (runs/ stays there), and copy history CSVs out of checkpoint.pt to $OUT.
 # Runs stop cleanly after T seconds (SIGINT: checkpoint written) so the next call resumes them; run folders come
 # back in $OUT/runs.tgz (no checkpoints) and $OUT/ckpt.tgz (checkpoints under 15 MB). TESTS=1 also runs the suite.
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg

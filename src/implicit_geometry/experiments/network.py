@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_geometry._validation import check_bool, check_choice, check_float, check_int
+from implicit_geometry._validation import InvalidParameterError, check_bool, check_choice, check_float, check_int
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
@@ -62,6 +62,9 @@ class NetworkConfig(ExperimentConfig):
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # weight decay on the weights that feed a batch norm (models.networks.normalized_weights); None: weight_decay.
+    # 0 keeps their effective step from growing in the terminal phase (no periodic loss spikes, docs/measure.md)
+    weight_decay_normalized: float | None = None
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs where lr /= 10
     lr_schedule: str = "step"  # "step": /10 at lr_drops; "cosine": lr (1 + cos(pi epoch / epochs)) / 2, lr_drops unused
     measure_every: int = 5
@@ -88,6 +91,10 @@ class NetworkConfig(ExperimentConfig):
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.momentum = check_float("momentum", self.momentum, minimum=0.0, maximum=1.0)
         self.weight_decay = check_float("weight_decay", self.weight_decay, minimum=0.0)
+        if self.weight_decay_normalized is not None:
+            self.weight_decay_normalized = check_float("weight_decay_normalized", self.weight_decay_normalized, minimum=0.0)
+            if self.model == "mlp" and not self.batch_norm:
+                raise InvalidParameterError("weight_decay_normalized applies to batch-normalized networks only (resnet20, or mlp with batch_norm; got mlp without batch_norm)")
         self.lr_drops = [check_float("lr_drops", f, minimum=0.0, maximum=1.0) for f in self.lr_drops]
         check_choice("lr_schedule", self.lr_schedule, ["step", "cosine"])
         self.measure_every = check_int("measure_every", self.measure_every, minimum=1)
@@ -131,13 +138,18 @@ class NetworkTrainer:
     """Train one network with a deterministic mini-batch order; state at batch granularity for checkpoints."""
 
     def __init__(self, c: NetworkConfig, data, seed: int, device: torch.device) -> None:
-        from implicit_geometry.models.networks import build
+        from implicit_geometry.models.networks import build, normalized_weights
 
         self.c, self.data, self.seed, self.device = c, data, seed, device
         torch.manual_seed(seed)
         self.model = build(c.model, in_shape=data.in_shape, num_classes=data.num_classes, width=c.width, depth=c.depth, trunk=c.trunk,
                            batch_norm=c.batch_norm).to(device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        params: Any = self.model.parameters()
+        if c.weight_decay_normalized is not None:  # two groups (one otherwise: the optimizer state of older runs still loads)
+            normed = {id(p) for p in normalized_weights(self.model)}
+            params = [{"params": [p for p in self.model.parameters() if id(p) in normed], "weight_decay": c.weight_decay_normalized},
+                      {"params": [p for p in self.model.parameters() if id(p) not in normed]}]
+        self.opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self.epoch, self.batch, self.seen = 0, 0, 0
         self.x, self.y = data.x.to(device), data.y.to(device)
         # the epoch's loss is summed on the device: reading it every batch would wait for the GPU every batch

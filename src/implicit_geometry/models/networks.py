@@ -108,6 +108,28 @@ class ResNet20(nn.Module):
 ARCHITECTURES = ("mlp", "resnet20")
 
 
+def normalized_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights that feed a batch norm directly: a bias-free ``Linear``/``Conv2d`` registered just before a
+    ``BatchNorm`` in the same parent module (how both networks here are written).
+
+    In training mode the network's output does not change when one of them is scaled, so weight decay on them does
+    not regularize the function: it only shrinks their norm and so raises their effective step size, which is what
+    sets off the periodic loss spikes of batch-normalized networks late in training (docs/measure.md).
+
+    >>> len(normalized_weights(build("resnet20", in_shape=(1, 8, 8), num_classes=3, width=4)))  # stem + 18 convs + 2 shortcuts
+    21
+    >>> normalized_weights(build("mlp", in_shape=(4,), num_classes=3, width=8, depth=2))
+    []
+    """
+    found: list[nn.Parameter] = []
+    for parent in model.modules():
+        children = list(parent.children())
+        for layer, after in zip(children, children[1:]):
+            if isinstance(layer, (nn.Linear, nn.Conv2d)) and layer.bias is None and isinstance(after, nn.modules.batchnorm._BatchNorm):
+                found.append(layer.weight)
+    return found
+
+
 def check_architecture(name: str, batch_norm: bool = False) -> str:
     """The architecture name, checked together with the options that only some architectures take."""
     name = check_choice("model", name, ARCHITECTURES)

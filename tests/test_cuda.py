@@ -47,12 +47,13 @@ def test_measure_network_on_cuda(dtype):
         assert got["layers"]["penultimate"][key] == pytest.approx(ref["layers"]["penultimate"][key], rel=tol), key
 
 
-def test_network_experiment_on_cuda_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bn", [{}, {"batch_norm": True, "weight_decay_normalized": 0.0}])
+def test_network_experiment_on_cuda_resumes(tmp_path, monkeypatch, bn):
     from implicit_geometry.experiments import network as network_mod
     from implicit_geometry.experiments.base import Interrupted
     from implicit_geometry.io import read_csv
 
-    cfg = dict(dataset="digits", per_class=20, width=32, depth=2, epochs=4, batch_size=16, measure_every=1, permutations=2, device="cuda")
+    cfg = dict(dataset="digits", per_class=20, width=32, depth=2, epochs=4, batch_size=16, measure_every=1, permutations=2, device="cuda", **bn)
     full = network_mod.run_network(network_mod.NetworkConfig(**cfg), tmp_path / "a", progress=False)
     network_mod.run_network(network_mod.NetworkConfig(**{**cfg, "device": "cpu"}), tmp_path / "c", progress=False)
 

@@ -365,6 +365,24 @@ def test_depth_flags_non_terminal_runs(tmp_path):
     assert any("NOT in the terminal phase" in line for line in s["verdict"])
 
 
+def test_depth_flags_diverged_runs_without_nan(tmp_path):
+    from implicit_geometry.experiments.depth import run_depth
+    from implicit_geometry.io import read_csv
+
+    # plain GD with a step far too large for depth 4 (fine at depth 1): the depth-4 runs blow up to non-finite
+    # logits; they are flagged, frozen and left out, and the sweep finishes with the depth-1 cell intact
+    s = run_depth(_small_config(depths=[1, 4], optimizer="gd", lr=1.0, max_steps=400), tmp_path / "d", progress=False)
+    rows = {r["depth"]: r for r in s["table"]}
+    assert rows[4]["diverged_runs"] == 2 and rows[4]["effective_rank_mean"] is None
+    assert rows[1]["diverged_runs"] == 0
+    assert any("L=4" in line and "DIVERGED in all 2 runs" in line for line in s["verdict"])
+    text = (tmp_path / "d" / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    hist = read_csv(tmp_path / "d" / "history.csv")
+    assert all(math.isfinite(float(r[k])) for r in hist for k in ("log10_loss", "logit_norm", "min_margin"))
+    assert all(r["diverged"] == (r["depth"] == 4) for r in s["runs"])
+
+
 def test_depth_cli_errors_and_run(tmp_path):
     from implicit_geometry.cli import main
 

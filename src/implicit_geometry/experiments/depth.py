@@ -116,6 +116,7 @@ class _Cell:
         self.grown_etf = np.full(B, np.nan)
         self.grown_step = np.full(B, -1)
         self.done_step = np.full(B, -1)
+        self.diverged_step = np.full(B, -1)  # step at which a run's logits stopped being finite (a too-large --lr)
         self.history: list[dict[str, Any]] = []
         chain = model.forward_chain()
         G, _ = loss.scaled_gradient(chain[-1])
@@ -124,33 +125,49 @@ class _Cell:
 
     def state(self) -> dict[str, Any]:
         return {"sim": self.sim.state_dict(), "grown_etf": self.grown_etf, "grown_step": self.grown_step,
-                "done_step": self.done_step, "history": self.history}
+                "done_step": self.done_step, "diverged_step": self.diverged_step, "history": self.history}
 
     def load(self, s: dict[str, Any]) -> None:
         self.sim.load_state_dict(s["sim"])
         self.grown_etf, self.grown_step, self.done_step = s["grown_etf"], s["grown_step"], s["done_step"]
         self.history = s["history"]
+        self.diverged_step = s.get("diverged_step", np.full(len(self.done_step), -1))
+
+    def diverged(self, Z: torch.Tensor) -> np.ndarray:
+        """Which runs have diverged (non-finite logits, norm or loss: the step was too large for them). They are frozen and
+        flagged, never measured, so no NaN reaches a results file and the other runs of the batch go on."""
+        # finite logits whose norm or loss overflows are as diverged as non-finite ones
+        finite = (torch.isfinite(Z).flatten(1).all(dim=1) & torch.isfinite(torch.linalg.matrix_norm(Z))
+                  & torch.isfinite(self.sim.loss.log_loss(Z))).cpu().numpy()
+        self.diverged_step[~finite & (self.diverged_step < 0)] = self.sim.step
+        return self.diverged_step >= 0
 
     def check(self) -> None:
         """Terminal-phase test and the norm-growth snapshot (every ``check_every`` steps)."""
         run, sim = self.run, self.sim
         Z = sim.model.logits()
+        bad = self.diverged(Z)
         lnorm = torch.linalg.matrix_norm(Z).cpu().numpy()
         margin = run.min_margin(Z).cpu().numpy()
         for b in range(Z.shape[0]):
+            if bad[b]:
+                continue
             if self.grown_step[b] < 0 and lnorm[b] >= run.config.norm_factor * self.init_logit_norm[b]:
                 self.grown_step[b] = sim.step
                 self.grown_etf[b] = normalized_distance(run.class_means(Z[b]), run.etf)
             if self.done_step[b] < 0 and margin[b] >= run.config.target_margin and self.grown_step[b] >= 0:
                 self.done_step[b] = sim.step
-        sim.active = torch.as_tensor(self.done_step < 0, device=Z.device)
+        sim.active = torch.as_tensor((self.done_step < 0) & ~bad, device=Z.device)
 
     def record(self) -> None:
         run, sim = self.run, self.sim
         Z = sim.model.logits()
         log_loss = (sim.loss.log_loss(Z) / math.log(10)).cpu().numpy()
         margin = run.min_margin(Z).cpu().numpy()
+        bad = self.diverged(Z)
         for b, seed in enumerate(run.seed_list):
+            if bad[b]:
+                continue
             M = run.class_means(Z[b])
             s = np.linalg.svd(M, compute_uv=False)
             row = {"dim": self.d, "depth": self.L, "seed": seed, "step": sim.step, "log10_loss": float(log_loss[b]),
@@ -184,12 +201,18 @@ class _Cell:
         margin = run.min_margin(Z).cpu().numpy()
         log_loss = (self.sim.loss.log_loss(Z) / math.log(10)).cpu().numpy()
         out = []
+        bad = self.diverged(Z)
         for b, seed in enumerate(run.seed_list):
+            if bad[b]:
+                out.append({"dim": self.d, "depth": self.L, "seed": seed, "terminal": False, "diverged": True,
+                            "steps": int(self.diverged_step[b]), "init_dz_etf_distance": float(self.init_dz_etf[b]),
+                            "grown_etf_distance": None if self.grown_step[b] < 0 else float(self.grown_etf[b])})
+                continue
             M = run.class_means(Z[b])
             g = read_geometry(M, tol=run.config.rank_tol, restarts=3, fit_code=True, code_cache=run.code_cache)
             terminal = bool(self.done_step[b] >= 0)
             out.append({
-                "dim": self.d, "depth": self.L, "seed": seed, "terminal": terminal,
+                "dim": self.d, "depth": self.L, "seed": seed, "terminal": terminal, "diverged": False,
                 "steps": int(self.done_step[b]) if terminal else int(self.sim.step),
                 "log10_loss": float(log_loss[b]), "min_margin": float(margin[b]),
                 "init_dz_etf_distance": float(self.init_dz_etf[b]),
@@ -282,6 +305,7 @@ class DepthRun:
             er = [r["effective_rank"] for r in term]
             table.append({
                 "dim": d, "depth": L, "terminal_runs": len(term), "runs": len(rows),
+                "diverged_runs": sum(bool(r.get("diverged")) for r in rows),
                 "effective_rank_mean": float(np.mean(er)) if er else None,
                 "effective_rank_std": float(np.std(er)) if er else None,
                 "numerical_ranks": [r["numerical_rank"] for r in term],
@@ -298,11 +322,12 @@ class DepthRun:
             "table": table, "runs": [{k: v for k, v in r.items() if k not in ("gram_factor", "mean_logits")} for r in res],
         }
         summary["verdict"] = verdict(summary)
+        kept = [r for r in res if not r.get("diverged")]  # the arrays hold the runs with finite logits
         write_npz(self.folder / "final.npz",
-                  dims=np.array([r["dim"] for r in res]), depths=np.array([r["depth"] for r in res]),
-                  seeds=np.array([r["seed"] for r in res]), terminal=np.array([r["terminal"] for r in res]),
-                  effective_rank=np.array([r["effective_rank"] for r in res]),
-                  mean_logits=np.array([r["mean_logits"] for r in res]))
+                  dims=np.array([r["dim"] for r in kept]), depths=np.array([r["depth"] for r in kept]),
+                  seeds=np.array([r["seed"] for r in kept]), terminal=np.array([r["terminal"] for r in kept], dtype=bool),
+                  effective_rank=np.array([r["effective_rank"] for r in kept], dtype=float),
+                  mean_logits=np.array([r["mean_logits"] for r in kept], dtype=float).reshape(len(kept), self.K, self.K))
         if figures:
             self._figures()
         write_json(self.folder / "summary.json", summary)
@@ -322,13 +347,20 @@ def verdict(summary: dict[str, Any]) -> list[str]:
              + f", {summary['seconds']:.1f} s"]
     for row in summary["table"]:
         head = f"d={row['dim']:<4d} L={row['depth']:<3d}"
+        diverged = row.get("diverged_runs", 0)
+        if diverged == row["runs"]:
+            lines.append(f"{head} DIVERGED in all {diverged} runs (non-finite logits; no rank reported): use a smaller --lr, or --optimizer path")
+            continue
         if not row["terminal_runs"]:
-            lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported): raise --max-steps")
+            lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported): raise --max-steps"
+                         + (f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr)" if diverged else ""))
             continue
         msg = (f"{head} effective rank {row['effective_rank_mean']:.2f} +- {row['effective_rank_std']:.2f} "
                f"(numerical ranks {row['numerical_ranks']}); ETF distance of dZ/dt(0) {row['init_dz_etf_distance_mean']:.2f}")
-        if row["terminal_runs"] < row["runs"]:
-            msg += f"; {row['runs'] - row['terminal_runs']} run(s) not terminal, left out"
+        if row["terminal_runs"] < row["runs"] - diverged:
+            msg += f"; {row['runs'] - diverged - row['terminal_runs']} run(s) not terminal, left out"
+        if diverged:
+            msg += f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr), left out"
         lines.append(msg)
     return lines
 

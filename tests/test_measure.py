@@ -509,6 +509,11 @@ def test_run_commands_bad_input_and_head_depth(tmp_path, capsys):
     assert "dataset must be one of" in capsys.readouterr().err
     assert _cli(["run", "network", "--model", "resnet20", "--batch-norm", "--out", str(tmp_path / "x")]) == 2
     assert "batch_norm applies to model mlp only" in capsys.readouterr().err
+    for cmd in (["network", "--dataset", "digits", "--per-class", "10", "--epochs", "2"],
+                ["head-depth", "--depths", "1", "--per-class", "10", "--epochs", "2"]):  # a step far too large
+        assert _cli(["run", *cmd, "--lr", "1e8", "--device", "cpu", "--quiet", "--out", str(tmp_path / f"div-{cmd[0]}")]) == 2
+        err = capsys.readouterr().err
+        assert "training diverged (non-finite loss)" in err and len(err.strip().splitlines()) == 1
     assert _cli(["run", "head-depth", "--depths", "1,x"]) == 2
     capsys.readouterr()
     assert _cli(["run", "head-depth", "--depths", "1,4", "--per-class", "10", "--epochs", "2", "--out", str(tmp_path / "hd"), "--quiet", "--json"]) == 0

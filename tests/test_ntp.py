@@ -323,6 +323,10 @@ def test_cli_stats_and_errors(tmp_path, capsys):
     assert code == 2 and err.startswith("igeom: error:") and "Traceback" not in err
     code, out, err = _cli(capsys, "run", "ntp", "--corpus", str(tmp_path / "missing.txt"), "--quiet")
     assert code == 2 and "corpus must be" in err
+    # a step far too large: one line saying so, not a linear-algebra traceback from the NaN weights
+    code, out, err = _cli(capsys, "run", "ntp", "--lr", "1e8", "--steps", "20", "--bilinear-steps", "0", "--dim", "8", "--layers", "1",
+                          "--heads", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "div"))
+    assert code == 2 and "training diverged (non-finite loss)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_experiment_interrupt_and_resume_give_same_numbers(tmp_path, monkeypatch):

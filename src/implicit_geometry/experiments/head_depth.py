@@ -19,6 +19,7 @@ from implicit_geometry._validation import InvalidParameterError, check_int
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    check_not_diverged,
     finishing,
     interruptible,
     open_run_folder,
@@ -86,7 +87,7 @@ def run_head_depth(config: HeadDepthConfig | None = None, out: Path | str | None
                     if stop.requested:
                         raise Interrupted(folder, len(rows))
                     continue
-                trainer.end_epoch()
+                check_not_diverged(trainer.end_epoch(), f"in epoch {trainer.epoch} (depth {c.depth}, width {c.width})")
                 bar.update(1)
             m = trainer.measure()
             pen = m["layers"]["penultimate"]

@@ -28,6 +28,7 @@ from implicit_geometry._validation import InvalidParameterError, check_bool, che
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    check_not_diverged,
     finishing,
     interruptible,
     open_run_folder,
@@ -280,6 +281,7 @@ def run_network(config: NetworkConfig | None = None, out: Path | str | None = No
                         raise Interrupted(folder, trainer.epoch)
                     continue
                 loss = trainer.end_epoch()
+                check_not_diverged(loss, f"in epoch {trainer.epoch} (seed {seeds[si]})")
                 bar.update(1)
                 if trainer.epoch % c.measure_every == 0 or trainer.epoch == c.epochs:
                     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ from implicit_geometry._validation import InvalidParameterError, check_choice, c
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
+    check_not_diverged,
     finishing,
     interruptible,
     open_run_folder,
@@ -189,6 +190,7 @@ class NtpRun:
                     raise Interrupted(self.folder, self.step)
                 self.net.train()
                 loss = self.train_step()
+                check_not_diverged(loss, f"at transformer step {self.step}")
                 self.net.eval()
                 if self.step in marks:
                     self._record(loss)

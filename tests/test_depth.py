@@ -408,3 +408,5 @@ def test_depth_cli_errors_and_run(tmp_path):
     assert r.returncode == 2 and "plateau_budget must be an integer >= 0 (got -1)" in r.stderr
     with pytest.raises(InvalidParameterError, match=r"plateau must be true or false \(got 'yes'\)"):
         DepthConfig(plateau="yes").validate()
+    with pytest.raises(InvalidParameterError, match=r"dim must be an integer >= 2 \(got 1\)"):  # rank-1 logits never separate K >= 3
+        DepthConfig(dims=[1]).validate()

@@ -73,7 +73,8 @@ class DepthConfig(ExperimentConfig):
         self.samples_per_class = check_int("samples_per_class", self.samples_per_class, minimum=1)
         if not self.dims or not self.depths:
             raise InvalidParameterError(f"dims and depths must be non-empty lists (got {self.dims!r} and {self.depths!r})")
-        self.dims = [check_int("dim", d, minimum=1) for d in self.dims]
+        # logits Z = W_L ... W_1 H have rank <= d, and rank-1 logits separate at most 2 of the K >= 3 classes
+        self.dims = [check_int("dim", d, minimum=2) for d in self.dims]
         self.depths = [check_int("depth", L, minimum=1, maximum=50) for L in self.depths]
         self.init_std = check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
         self.seeds = check_int("seeds", self.seeds, minimum=1)

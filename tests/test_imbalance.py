@@ -235,6 +235,11 @@ def _cli(args, capsys):
     return code, capsys.readouterr()
 
 
+def test_ratio_too_large_for_memory_is_one_line(tmp_path, capsys):
+    code, out = _cli(["run", "imbalance", "--ratios", "1e9", "--steps", "10", "--quiet", "--device", "cpu", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "the UFM is too large for this machine" in out.err and len(out.err.strip().splitlines()) == 1
+
+
 def test_experiment_run_and_resume(tmp_path, monkeypatch, capsys):
     from implicit_geometry.experiments import imbalance as exp
 

@@ -83,6 +83,19 @@ def test_bad_loss_parameters_are_refused():
         CrossEntropy([0, 3], 3)
 
 
+def test_deep_ufm_too_large_for_memory_is_refused_before_allocating(monkeypatch):
+    from implicit_geometry.models import ufm
+
+    # 1e11 samples: petabytes, refused on any machine, and before a single factor exists
+    with pytest.raises(ig.InvalidParameterError, match="the UFM is too large for this machine"):
+        DeepUFM.random(num_classes=3, num_samples=10**11, dim=4)
+    monkeypatch.setattr(ufm, "available_memory", lambda device: 1000.0)  # a machine with 1000 bytes free
+    with pytest.raises(ig.InvalidParameterError, match=r"need about .* GiB, 0.0 GiB is free"):
+        DeepUFM.random(num_classes=3, num_samples=10, dim=4)
+    monkeypatch.setattr(ufm, "available_memory", lambda device: None)  # unknown: not refused
+    assert DeepUFM.random(num_classes=3, num_samples=10, dim=4).H.shape == (1, 4, 10)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_deep_ufm_backward_matches_autograd(depth):
     model = DeepUFM.random(num_classes=4, num_samples=6, dim=5, depth=depth, batch=2, init_std=0.5)

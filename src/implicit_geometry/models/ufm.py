@@ -12,7 +12,39 @@ from dataclasses import dataclass
 
 import torch
 
-from implicit_geometry._validation import check_float, check_int
+from implicit_geometry._validation import InvalidParameterError, check_float, check_int
+
+# bytes of working memory per float64 parameter entry while training: the factors, their gradients, the optimizer's
+# state and the forward chain (about one more d x N per layer) -- an estimate, used only to refuse the impossible
+_WORKING_COPIES = 5
+
+
+def available_memory(device: str | torch.device) -> float | None:
+    """Bytes free for new tensors on ``device`` (CUDA: the driver's count; CPU: MemAvailable of /proc/meminfo), or None
+    where that cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits_in_memory(*, batch: int, dim: int, num_samples: int, num_classes: int, depth: int, device: str | torch.device) -> None:
+    """Refuse a UFM whose training would not fit in memory, with a one-line error, before anything is allocated
+    (a failed allocation of terabytes would otherwise end in an allocator traceback)."""
+    entries = batch * ((depth + 1) * dim * num_samples + num_classes * num_samples + (depth - 1) * dim * dim + num_classes * dim)
+    need = 8.0 * _WORKING_COPIES * entries
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise InvalidParameterError(
+            f"the UFM is too large for this machine: {batch} run(s) of dim {dim} x {num_samples} samples at depth {depth} need about "
+            f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free (use fewer samples, a smaller dim, or fewer seeds)")
 
 
 @dataclass
@@ -44,6 +76,7 @@ class DeepUFM:
         seeds = list(range(B)) if seeds is None else [check_int("seed", s, minimum=0) for s in seeds]
         if len(seeds) != B:
             raise ValueError(f"seeds must have one entry per run ({B}), got {len(seeds)}")
+        check_fits_in_memory(batch=B, dim=d, num_samples=n, num_classes=k, depth=L, device=device)
         shapes = [(d, n)] + [(d, d)] * (L - 1) + [(k, d)]
         per_run = []
         for s in seeds:

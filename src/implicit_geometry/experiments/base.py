@@ -46,12 +46,12 @@ class StopFlag:
         return self.requested
 
 
-
 def check_not_diverged(loss: float, where: str) -> None:
     """Stop with the one-line error of a too-large step once the training loss is no longer finite (the NaN would
     otherwise surface later as a linear-algebra traceback, or in a results file)."""
     if not math.isfinite(loss):
         raise InvalidParameterError(f"lr must be smaller for this problem: training diverged (non-finite loss) {where}")
+
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[StopFlag]:

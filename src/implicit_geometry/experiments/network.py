@@ -64,7 +64,7 @@ class NetworkConfig(ExperimentConfig):
     momentum: float = 0.9
     weight_decay: float = 1e-4
     # weight decay on the weights that feed a batch norm (models.networks.normalized_weights); None: weight_decay.
-    # 0 keeps their effective step from growing in the terminal phase (no periodic loss spikes, docs/measure.md)
+    # (their decay does not regularize the function; it only shrinks their norm and so raises their effective step)
     weight_decay_normalized: float | None = None
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs where lr /= 10
     lr_schedule: str = "step"  # "step": /10 at lr_drops; "cosine": lr (1 + cos(pi epoch / epochs)) / 2, lr_drops unused

@@ -27,7 +27,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--weight-decay-normalized", type=float, default=None,
-              help="Weight decay on the weights that feed a batch norm (default: --weight-decay); 0 avoids the late loss spikes.")
+              help="Weight decay on the weights that feed a batch norm (default: --weight-decay); their decay only raises their effective step.")
 @click.option("--measure-every", type=int, default=5, show_default=True, help="Measure the geometry every this many epochs.")
 @click.option("--permutations", type=int, default=10, show_default=True, help="Permutations for the alignment nulls at the end.")
 @common_run_options

@@ -15,6 +15,7 @@ writes a file ``igeom measure --model`` can read back.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,8 @@ def normalized_weights(model: nn.Module) -> list[nn.Parameter]:
     ``BatchNorm`` in the same parent module (how both networks here are written).
 
     In training mode the network's output does not change when one of them is scaled, so weight decay on them does
-    not regularize the function: it only shrinks their norm and so raises their effective step size, which is what
-    sets off the periodic loss spikes of batch-normalized networks late in training (docs/measure.md).
+    not regularize the function: it only shrinks their norm and so raises their effective step size (the mechanism
+    Lobacheva et al., 2021, give for the periodic loss spikes of batch-normalized networks; docs/measure.md).
 
     >>> len(normalized_weights(build("resnet20", in_shape=(1, 8, 8), num_classes=3, width=4)))  # stem + 18 convs + 2 shortcuts
     21
@@ -124,7 +125,7 @@ def normalized_weights(model: nn.Module) -> list[nn.Parameter]:
     found: list[nn.Parameter] = []
     for parent in model.modules():
         children = list(parent.children())
-        for layer, after in zip(children, children[1:]):
+        for layer, after in itertools.pairwise(children):
             if isinstance(layer, (nn.Linear, nn.Conv2d)) and layer.bias is None and isinstance(after, nn.modules.batchnorm._BatchNorm):
                 found.append(layer.weight)
     return found

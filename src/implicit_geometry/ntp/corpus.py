@@ -336,7 +336,6 @@ def hierarchical_corpus(
     rng = np.random.default_rng(seed)
     V = C * k
     rows: list[np.ndarray] = []
-    group_of: list[int] = []
     for c in range(C):
         words = np.arange(c * k, (c + 1) * k)
         for i in range(r):

@@ -194,6 +194,9 @@ def network_bar(folder: str | None, out: str, recipe: str | None = None) -> bool
     else:
         print(f"        first zero training error at epoch {zero} ({s['seconds_to_first_zero_error']:.0f} s); NC1 there "
               f"{s['nc1_at_first_zero_error']:.4g}, at the end {s['nc1_final']:.4g}: fell {s['nc1_reduction_since_zero_error']:.2f}x")
+        if s.get("nc1_lowest_since_zero_error"):  # summaries written before session 5 lack it
+            print(f"        lowest NC1 since: {s['nc1_lowest_since_zero_error']:.4g} at epoch {s['nc1_lowest_epoch']} "
+                  f"({s['nc1_at_first_zero_error'] / s['nc1_lowest_since_zero_error']:.2f}x; the bar is judged at the end)")
     print(f"        -> {'PASS' if ok else 'FAIL'} (bar: zero training error on the full 60k, then NC1 down >= {NC1_BAR_FACTOR:g}x)")
     return ok
 

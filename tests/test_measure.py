@@ -488,6 +488,10 @@ def test_network_experiment_and_resume(tmp_path, monkeypatch, batch_norm):
     assert full["first_zero_error_epoch"] == (int(zero[0]["epoch"]) if zero else None)
     if zero:
         assert full["nc1_reduction_since_zero_error"] == pytest.approx(zero[0]["nc1"] / hist[-1]["nc1"])
+        after = [r for r in hist if r["epoch"] >= zero[0]["epoch"]]
+        assert full["nc1_lowest_since_zero_error"] == pytest.approx(min(r["nc1"] for r in after))
+    else:
+        assert full["nc1_lowest_since_zero_error"] is None and full["nc1_lowest_epoch"] is None
     assert full["terminal_phase_bar"] == network_mod.terminal_phase_bar(full["first_zero_error_epoch"], full["nc1_reduction_since_zero_error"])
     assert any(line.startswith("terminal phase " + ("PASS" if full["terminal_phase_bar"] else "FAIL")) for line in full["verdict"])
 
@@ -500,6 +504,22 @@ def test_network_experiment_and_resume(tmp_path, monkeypatch, batch_norm):
     assert [r["nc1"] for r in ha] == [r["nc1"] for r in hb]
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]  # the loss summed across the interruption: same bits
     assert resumed["penultimate"]["nc1"] == full["penultimate"]["nc1"]
+
+
+def test_network_terminal_phase_numbers_come_from_the_history(tmp_path):
+    from implicit_geometry.io import read_csv
+
+    # a run that does reach zero training error (epoch 7 here): the bar's numbers are read back from history.csv
+    s = run_network(NetworkConfig(dataset="digits", per_class=10, width=64, depth=1, epochs=10, batch_size=10, measure_every=1,
+                                  permutations=0, device="cpu", lr_drops=[]), tmp_path / "z", progress=False)
+    hist = [{k: float(v) if v else None for k, v in r.items()} for r in read_csv(tmp_path / "z" / "history.csv")]
+    zero = [r for r in hist if r["train_error"] == 0.0]
+    assert zero and s["first_zero_error_epoch"] == int(zero[0]["epoch"]) and s["nc1_at_first_zero_error"] == zero[0]["nc1"]
+    after = [r for r in hist if r["epoch"] >= zero[0]["epoch"]]
+    best = min(after, key=lambda r: r["nc1"])
+    assert (s["nc1_lowest_since_zero_error"], s["nc1_lowest_epoch"]) == (best["nc1"], int(best["epoch"]))
+    assert s["nc1_reduction_since_zero_error"] == pytest.approx(zero[0]["nc1"] / hist[-1]["nc1"])
+    assert f"lowest {best['nc1']:.3g} at epoch {int(best['epoch'])}" in s["verdict"][1]
 
 
 def test_run_commands_bad_input_and_head_depth(tmp_path, capsys):

@@ -329,7 +329,10 @@ def _finish(folder: Path, c: NetworkConfig, data, history, finals, seconds) -> d
     pen = {k: float(np.mean([f["layers"]["penultimate"].get(k, np.nan) for f in finals])) for k in f0["layers"]["penultimate"]}
     zero = [r for r in history if r["seed"] == f0["seed"] and r["train_error"] == 0.0]
     nc1_first_zero = zero[0]["nc1"] if zero else None
-    nc1_final = [r for r in history if r["seed"] == f0["seed"]][-1]["nc1"]
+    own = [r for r in history if r["seed"] == f0["seed"]]
+    nc1_final = own[-1]["nc1"]
+    # the lowest NC1 from the first zero-error epoch on: reported beside the bar (judged at the end, conservatively)
+    lowest = min((r for r in own if zero and r["epoch"] >= zero[0]["epoch"]), key=lambda r: r["nc1"], default=None)
     summary: dict[str, Any] = {
         "experiment": "network", "dataset": data.name, "model": c.model, "N": int(counts.sum()), "k": int(counts.size),
         "counts": counts.tolist(), "epochs": c.epochs, "seconds": round(seconds, 2), "seeds": [f["seed"] for f in finals],
@@ -338,6 +341,7 @@ def _finish(folder: Path, c: NetworkConfig, data, history, finals, seconds) -> d
         "nc1_at_first_zero_error": nc1_first_zero, "nc1_final": nc1_final,
         "nc1_reduction_since_zero_error": (nc1_first_zero / nc1_final) if zero and nc1_final > 0 else None,
         "seconds_to_first_zero_error": zero[0]["seconds"] if zero else None,
+        "nc1_lowest_since_zero_error": lowest["nc1"] if lowest else None, "nc1_lowest_epoch": lowest["epoch"] if lowest else None,
     }
     summary["terminal_phase_bar"] = terminal_phase_bar(summary["first_zero_error_epoch"], summary["nc1_reduction_since_zero_error"])
     summary["verdict"] = _verdict(summary, counts)
@@ -372,7 +376,8 @@ def _verdict(s: dict[str, Any], counts: np.ndarray) -> list[str]:
         lines.append(f"terminal phase {verdict} (zero training error, then NC1 down >= {NC1_BAR_FACTOR:g}x): first zero training error "
                      f"at epoch {s['first_zero_error_epoch']} ({s['seconds_to_first_zero_error']:.0f} s), NC1 fell "
                      f"{s['nc1_reduction_since_zero_error']:.2f}x since (from {s['nc1_at_first_zero_error']:.3g} to {s['nc1_final']:.3g} "
-                     f"at epoch {s['epochs']}); wall time {s['seconds']:.0f} s")
+                     f"at epoch {s['epochs']}; lowest {s['nc1_lowest_since_zero_error']:.3g} at epoch {s['nc1_lowest_epoch']}, "
+                     f"{s['nc1_at_first_zero_error'] / s['nc1_lowest_since_zero_error']:.2f}x); wall time {s['seconds']:.0f} s")
     balanced = len(set(map(int, counts))) == 1
     lines.append(f"distance to the {'ETF (= SELI, balanced)' if balanced else 'SELI prediction'}: class means {p['seli_dist_means']:.3f}, "
                  f"classifiers {p['seli_dist_W']:.3f}, mean logits {p['seli_dist_logits']:.3f}"

@@ -13,7 +13,7 @@
 #   T=560 bash benchmarks/gpu/network_60k.sh \
 #     x2long "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --weight-decay-normalized 5e-3 --epochs 200 --lr-drops 0.075,0.075"
 # ckpt.tgz must stay under 16 MB to come back: with more than one width-32 run it does not, so resume those in the
-# next call while the machine is still warm (runs/ stays there), and copy history CSVs out of checkpoint.pt to $OUT.
+# next call while the machine is still warm (runs/ stays there); each run's history comes back as history_partial.csv.
 # Runs stop cleanly after T seconds (SIGINT: checkpoint written) so the next call resumes them; run folders come
 # back in $OUT/runs.tgz (no checkpoints) and $OUT/ckpt.tgz (checkpoints under 15 MB). TESTS=1 also runs the suite.
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -39,6 +39,12 @@ if [ -n "$TESTS" ]; then
   timeout 330 python3 -m pytest -q -n 6 --dist loadgroup -p no:cacheprovider tests src/implicit_geometry > "$OUT/pytest.log" 2>&1
 fi
 wait
+# an interrupted run's history lives only in its checkpoint: copy it out as CSV, so runs.tgz carries it even when the
+# checkpoint is too large to come back (session 5 lost a call's histories that way)
+for d in runs/*/; do
+  [ -f "$d/checkpoint.pt" ] && python3 -c "import sys, torch; from implicit_geometry.io import write_csv; from pathlib import Path; \
+write_csv(Path(sys.argv[1]) / 'history_partial.csv', torch.load(Path(sys.argv[1]) / 'checkpoint.pt', weights_only=False)['history'])" "$d"
+done
 tar czf "$OUT/runs.tgz" --exclude=checkpoint.pt runs logs
 find runs -name checkpoint.pt -size -15M | tar czf "$OUT/ckpt.tgz" -T -
 tail -n 4 logs/*.log

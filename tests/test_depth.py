@@ -363,6 +363,12 @@ def test_depth_flags_non_terminal_runs(tmp_path):
     s = run_depth(_small_config(depths=[3], max_steps=5), tmp_path / "c", progress=False)
     assert s["table"][0]["terminal_runs"] == 0 and s["table"][0]["effective_rank_mean"] is None
     assert any("NOT in the terminal phase" in line for line in s["verdict"])
+    assert s["table"][0]["saddle_runs"] == 0  # 5 steps from a random init: not separated, but not rank 1 either
+    # depth 6 with explicit steps only: both runs sit on the rank-1 saddle, and the verdict says so
+    s = run_depth(_small_config(depths=[6], max_steps=300, plateau=False), tmp_path / "s", progress=False, figures=False)
+    assert s["table"][0]["saddle_runs"] == 2
+    assert all(r["numerical_rank"] == 1 and r["min_margin"] < 0 for r in s["runs"])
+    assert "2 run(s) on the rank-1 saddle" in s["verdict"][1]
 
 
 def test_depth_flags_diverged_runs_without_nan(tmp_path):

@@ -314,6 +314,9 @@ class DepthRun:
                 "grown_etf_distance_mean": float(np.mean([r["grown_etf_distance"] for r in rows if r["grown_etf_distance"] is not None]))
                 if any(r["grown_etf_distance"] is not None for r in rows) else None,
                 "steps_max": int(max(r["steps"] for r in rows)),
+                # why the others are not terminal: still separating (margin < 0) at numerical rank 1 = the rank-1 saddle
+                "saddle_runs": sum(1 for r in rows if not r["terminal"] and not r.get("diverged")
+                                   and r["numerical_rank"] == 1 and r["min_margin"] < 0),
             })
         summary = {
             "experiment": "depth", "K": self.K, "n": c.samples_per_class, "N": self.N, "dims": c.dims, "depths": c.depths,
@@ -353,13 +356,18 @@ def verdict(summary: dict[str, Any]) -> list[str]:
             lines.append(f"{head} DIVERGED in all {diverged} runs (non-finite logits; no rank reported): use a smaller --lr, or --optimizer path")
             continue
         if not row["terminal_runs"]:
+            saddle = row.get("saddle_runs", 0)
             lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported): raise --max-steps"
+                         + (f"; {saddle} run(s) on the rank-1 saddle (numerical rank 1, classes not yet separated: "
+                            f"see docs/depth.md)" if saddle else "")
                          + (f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr)" if diverged else ""))
             continue
         msg = (f"{head} effective rank {row['effective_rank_mean']:.2f} +- {row['effective_rank_std']:.2f} "
                f"(numerical ranks {row['numerical_ranks']}); ETF distance of dZ/dt(0) {row['init_dz_etf_distance_mean']:.2f}")
         if row["terminal_runs"] < row["runs"] - diverged:
             msg += f"; {row['runs'] - diverged - row['terminal_runs']} run(s) not terminal, left out"
+            if row.get("saddle_runs"):
+                msg += f" ({row['saddle_runs']} on the rank-1 saddle)"
         if diverged:
             msg += f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr), left out"
         lines.append(msg)

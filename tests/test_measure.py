@@ -347,6 +347,14 @@ def test_save_load_model_and_measure_cli(tmp_path, capsys):
         assert _cli(["measure", "--model", str(tmp_path / name), "--data", "digits"]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # a model for 28 x 28 images on the 8 x 8 digits, and a negative permutation count: one line each
+    save_model(tmp_path / "m28.pt", build("mlp", in_shape=(1, 28, 28), num_classes=10, width=16, depth=1), "mlp",
+               in_shape=(1, 28, 28), num_classes=10, width=16, depth=1)
+    for args, message in ((["--model", str(tmp_path / "m28.pt")], "model and data do not fit: the model failed on a batch of shape"),
+                          (["--model", str(tmp_path / "m.pt"), "--permutations", "-1"], "permutations must be an integer >= 0")):
+        assert _cli(["measure", *args, "--data", "digits"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
     # a batch-normalized MLP: its running statistics travel with the state dict, and eval outputs agree
     bn = build("mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=2, batch_norm=True)
     bn(torch.randn(32, 1, 8, 8))  # train mode: moves the running statistics off their initial values

@@ -77,8 +77,8 @@ def collect(
     tap_names = list(dict.fromkeys([*layers, *(["penultimate"] if agree is not None else [])]))
     try:
         with LayerTaps(model, tap_names) as taps:
-            for x, y in _batches(loader, dev, dtype, max_batches):
-                out = taps.forward(x)
+            for i, (x, y) in enumerate(_batches(loader, dev, dtype, max_batches)):
+                out = _first_forward(taps, x) if i == 0 else taps.forward(x)
                 z = taps.captured.get("logits")
                 if z is None:
                     from implicit_geometry.measure.hooks import pool
@@ -107,6 +107,17 @@ def collect(
     if not stats:
         raise InvalidParameterError("loader must yield at least one batch (got none)")
     return {"stats": stats, "samples": samples, "cross": cross, "logit_means": logit_means, "num_classes": K, "agreement": agree}
+
+
+def _first_forward(taps: Any, x: torch.Tensor) -> torch.Tensor:
+    """The model on the first batch: a model that does not take this data (another input size, channels or
+    dtype) fails here, and the user gets one line saying so instead of the traceback from inside the model."""
+    try:
+        return taps.forward(x)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise InvalidParameterError(f"model and data do not fit: the model failed on a batch of shape {tuple(x.shape)} "
+                                    f"({type(exc).__name__}: {why})") from None
 
 
 @torch.no_grad()
@@ -182,6 +193,7 @@ def measure(
     penultimate means of a previous epoch), ``"none"`` skips NC4. Returns ``{"layers": {name: metrics}, "alignment": {...},
     "counts": [...], "means": {name: K x D}}``."""
     nc4 = check_choice("nc4", nc4, ["two-pass", "centers", "none"])
+    permutations = check_int("permutations", permutations, minimum=0)
     if isinstance(model, torch.jit.ScriptModule) and list(layers) == ["logits"]:
         nc4 = "none"
     if "penultimate" not in layers and nc4 != "none":

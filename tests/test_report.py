@@ -142,3 +142,19 @@ def test_checker_sees_script_errors(tmp_path):
     result = check_page(page)
     assert any("boom" in e for e in result["errors"]) and any("undefinedFunction" in e for e in result["errors"])
     assert result["plots"][0]["drawn"] == 0
+
+
+def test_damaged_run_files_are_one_line_errors(tmp_path):
+    """A hand-edited or truncated config/summary (JSON) or checkpoint (torch) is named in one line, exit 2."""
+    import subprocess
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text("{not json")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"depths": [1]}))
+    (tmp_path / "b" / "checkpoint.pt").write_bytes(b"truncated")
+    for args, message in ((["report", str(tmp_path / "a")], "config.json must be a JSON file written by igeom"),
+                          (["run", "depth", "--resume", str(tmp_path / "a")], "config.json must be a JSON file written by igeom"),
+                          (["run", "depth", "--resume", str(tmp_path / "b")], "checkpoint.pt must be a checkpoint written by igeom")):
+        r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", *args], capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -8,12 +8,15 @@ import io
 import json
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from implicit_geometry._validation import InvalidParameterError
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,8 +64,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a hand-edited or foreign file: say which, in one line
+        raise InvalidParameterError(f"{path} must be a JSON file written by igeom (it does not parse: {exc})") from None
 
 
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -99,7 +105,11 @@ def write_torch(path: Path, obj: Any) -> None:
 def read_torch(path: Path) -> Any:
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        why = " ".join(str(exc).split())[:160]
+        raise InvalidParameterError(f"{path} must be a checkpoint written by igeom (it does not load: {type(exc).__name__}: {why})") from None
 
 
 def save_figure(path: Path, fig: Any, **kwargs: Any) -> None:

@@ -22,6 +22,12 @@ def _fail(name: str, accepted: str, got: Any) -> None:
     raise InvalidParameterError(f"{name} must be {accepted} (got {got!r})")
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (torch's span several), cut at ``limit`` characters, for the one-line
+    errors that wrap a library's failure."""
+    return " ".join(str(exc).split())[:limit]
+
+
 def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer():

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from implicit_geometry._validation import InvalidParameterError
+from implicit_geometry._validation import InvalidParameterError, one_line
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -108,8 +108,7 @@ def read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        why = " ".join(str(exc).split())[:160]
-        raise InvalidParameterError(f"{path} must be a checkpoint written by igeom (it does not load: {type(exc).__name__}: {why})") from None
+        raise InvalidParameterError(f"{path} must be a checkpoint written by igeom (it does not load: {type(exc).__name__}: {one_line(exc, 160)})") from None
 
 
 def save_figure(path: Path, fig: Any, **kwargs: Any) -> None:

@@ -134,12 +134,12 @@ class _Cell:
         self.history = s["history"]
         self.diverged_step = s.get("diverged_step", np.full(len(self.done_step), -1))
 
-    def diverged(self, Z: torch.Tensor) -> np.ndarray:
+    def diverged(self, Z: torch.Tensor, log_loss: torch.Tensor, norm: torch.Tensor | None = None) -> np.ndarray:
         """Which runs have diverged (non-finite logits, norm or loss: the step was too large for them). They are frozen and
         flagged, never measured, so no NaN reaches a results file and the other runs of the batch go on."""
         # finite logits whose norm or loss overflows are as diverged as non-finite ones
-        finite = (torch.isfinite(Z).flatten(1).all(dim=1) & torch.isfinite(torch.linalg.matrix_norm(Z))
-                  & torch.isfinite(self.sim.loss.log_loss(Z))).cpu().numpy()
+        norm = torch.linalg.matrix_norm(Z) if norm is None else norm
+        finite = (torch.isfinite(Z).flatten(1).all(dim=1) & torch.isfinite(norm) & torch.isfinite(log_loss)).cpu().numpy()
         self.diverged_step[~finite & (self.diverged_step < 0)] = self.sim.step
         return self.diverged_step >= 0
 
@@ -147,8 +147,9 @@ class _Cell:
         """Terminal-phase test and the norm-growth snapshot (every ``check_every`` steps)."""
         run, sim = self.run, self.sim
         Z = sim.model.logits()
-        bad = self.diverged(Z)
-        lnorm = torch.linalg.matrix_norm(Z).cpu().numpy()
+        norm = torch.linalg.matrix_norm(Z)
+        bad = self.diverged(Z, sim.loss.log_loss(Z), norm)
+        lnorm = norm.cpu().numpy()
         margin = run.min_margin(Z).cpu().numpy()
         for b in range(Z.shape[0]):
             if bad[b]:
@@ -163,9 +164,10 @@ class _Cell:
     def record(self) -> None:
         run, sim = self.run, self.sim
         Z = sim.model.logits()
-        log_loss = (sim.loss.log_loss(Z) / math.log(10)).cpu().numpy()
+        nat_loss = sim.loss.log_loss(Z)
+        bad = self.diverged(Z, nat_loss)
+        log_loss = (nat_loss / math.log(10)).cpu().numpy()
         margin = run.min_margin(Z).cpu().numpy()
-        bad = self.diverged(Z)
         for b, seed in enumerate(run.seed_list):
             if bad[b]:
                 continue
@@ -200,9 +202,10 @@ class _Cell:
         run = self.run
         Z = self.sim.model.logits()
         margin = run.min_margin(Z).cpu().numpy()
-        log_loss = (self.sim.loss.log_loss(Z) / math.log(10)).cpu().numpy()
+        nat_loss = self.sim.loss.log_loss(Z)
+        bad = self.diverged(Z, nat_loss)
+        log_loss = (nat_loss / math.log(10)).cpu().numpy()
         out = []
-        bad = self.diverged(Z)
         for b, seed in enumerate(run.seed_list):
             if bad[b]:
                 out.append({"dim": self.d, "depth": self.L, "seed": seed, "terminal": False, "diverged": True,

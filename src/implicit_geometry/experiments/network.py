@@ -327,12 +327,12 @@ def _finish(folder: Path, c: NetworkConfig, data, history, finals, seconds) -> d
     write_npz(folder / "final.npz", W=W, class_means=means, mean_logits=Z, counts=counts, seli_W_gram=seli.W_gram,
               seli_mean_gram=seli.mean_gram, seli_logits=seli.class_logits)
     pen = {k: float(np.mean([f["layers"]["penultimate"].get(k, np.nan) for f in finals])) for k in f0["layers"]["penultimate"]}
-    zero = [r for r in history if r["seed"] == f0["seed"] and r["train_error"] == 0.0]
-    nc1_first_zero = zero[0]["nc1"] if zero else None
     own = [r for r in history if r["seed"] == f0["seed"]]
+    zero = [r for r in own if r["train_error"] == 0.0]
+    nc1_first_zero = zero[0]["nc1"] if zero else None
     nc1_final = own[-1]["nc1"]
     # the lowest NC1 from the first zero-error epoch on: reported beside the bar (judged at the end, conservatively)
-    lowest = min((r for r in own if zero and r["epoch"] >= zero[0]["epoch"]), key=lambda r: r["nc1"], default=None)
+    lowest = min((r for r in own if r["epoch"] >= zero[0]["epoch"]), key=lambda r: r["nc1"]) if zero else None
     summary: dict[str, Any] = {
         "experiment": "network", "dataset": data.name, "model": c.model, "N": int(counts.sum()), "k": int(counts.size),
         "counts": counts.tolist(), "epochs": c.epochs, "seconds": round(seconds, 2), "seeds": [f["seed"] for f in finals],

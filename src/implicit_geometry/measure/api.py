@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_geometry._validation import InvalidParameterError, check_choice, check_int
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_int, one_line
 from implicit_geometry.measure.accumulators import Agreement, ClassStats, CrossMoments, RowSample
 from implicit_geometry.measure.hooks import LayerTaps, last_linear
 from implicit_geometry.measure.metrics import alignment, class_metrics, linear_cka_from_moments
@@ -115,9 +115,8 @@ def _first_forward(taps: Any, x: torch.Tensor) -> torch.Tensor:
     try:
         return taps.forward(x)
     except (RuntimeError, ValueError, TypeError) as exc:
-        why = " ".join(str(exc).split())[:200]
         raise InvalidParameterError(f"model and data do not fit: the model failed on a batch of shape {tuple(x.shape)} "
-                                    f"({type(exc).__name__}: {why})") from None
+                                    f"({type(exc).__name__}: {one_line(exc)})") from None
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from implicit_geometry._validation import InvalidParameterError, check_choice, check_int
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_int, one_line
 
 
 class ReLUHeadMLP(nn.Module):
@@ -172,13 +172,13 @@ def load_model(path: Path | str) -> nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, not our bug
-        raise InvalidParameterError(f"model must be {accepted} (got {str(path)!r}: {type(exc).__name__}: {str(exc)[:120]})") from None
+        raise InvalidParameterError(f"model must be {accepted} (got {str(path)!r}: {type(exc).__name__}: {one_line(exc, 120)})") from None
     if not (isinstance(obj, dict) and "architecture" in obj and "state_dict" in obj and isinstance(obj.get("kwargs", {}), dict)):
         raise InvalidParameterError(f"model must be {accepted} (got {str(path)!r})")
     try:
         net = build(obj["architecture"], **obj.get("kwargs", {}))
         net.load_state_dict(obj["state_dict"])
     except (TypeError, RuntimeError) as exc:  # unknown keyword, or weights of another shape than the kwargs say
-        why = " ".join(str(exc).split())[:200] or type(exc).__name__  # torch's message spans lines: keep one
+        why = one_line(exc) or type(exc).__name__
         raise InvalidParameterError(f"model file {str(path)!r} does not match its architecture {obj['architecture']!r} and kwargs: {why}") from None
     return net

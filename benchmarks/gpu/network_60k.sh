@@ -9,9 +9,13 @@
 # Then run there with carry [".gpu", ".whl"]:
 #   T=540 bash benchmarks/gpu/network_60k.sh NAME "igeom-run-network-options" [NAME2 "options2" ...]
 #   RESUME="NAME ..." T=540 bash benchmarks/gpu/network_60k.sh      # after copying runs.tgz/ckpt.tgz back into .gpu/
-# Next to try (docs/measure.md, session 5): the run that ended at zero error, for 200 epochs, alone (two calls):
+# Next session with a GPU (docs/measure.md, sessions 5-6):
+#   1. check the CUDA graphs (session 6 wrote them without a GPU): `TESTS=1 bash benchmarks/gpu/network_60k.sh`
+#      with no runs times them ($OUT/bench_graphed.txt) and runs the suite, CUDA tests included ($OUT/pytest.log);
+#   2. if both pass, add --cuda-graphs to the runs. The run that ended at zero error, for 300 epochs, alone:
 #   T=560 bash benchmarks/gpu/network_60k.sh \
-#     x2long "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --weight-decay-normalized 5e-3 --epochs 200 --lr-drops 0.075,0.075"
+#     x3long "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --weight-decay-normalized 5e-3 --epochs 300 --lr-drops 0.05,0.05 --cuda-graphs"
+#   (lr 0.05 for 15 epochs, then 5e-4. Its NC1 fell about 2% per epoch after the fit at epoch 46.)
 # ckpt.tgz must stay under 16 MB to come back: with more than one width-32 run it does not, so resume those in the
 # next call while the machine is still warm (runs/ stays there); each run's history comes back as history_partial.csv.
 # Runs stop cleanly after T seconds (SIGINT: checkpoint written) so the next call resumes them; run folders come
@@ -36,6 +40,7 @@ while [ $# -ge 2 ]; do
   OMP_NUM_THREADS=2 timeout -s INT "$T" $IG $DATA $opts --out "runs/$name" > "logs/$name.log" 2>&1 &
 done
 if [ -n "$TESTS" ]; then
+  python3 benchmarks/bench_graphed_step.py > "$OUT/bench_graphed.txt" 2>&1
   timeout 330 python3 -m pytest -q -n 6 --dist loadgroup -p no:cacheprovider tests src/implicit_geometry > "$OUT/pytest.log" 2>&1
 fi
 wait

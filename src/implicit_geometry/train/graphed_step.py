@@ -86,10 +86,13 @@ class GraphedStep:
         self._x, self._y = x.detach().clone(), y.detach().clone()
         tensors = self._state_tensors()
         saved = [t.detach().clone() for t in tensors]
+        side = None
         if self.graphs == "emulate":
             for _ in range(WARMUP_STEPS):
                 self._eager(self._x, self._y)
         else:
+            # warm up on the stream that will capture: cuBLAS/cuDNN handles and workspaces are created per stream,
+            # and creating one during capture fails
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -124,7 +127,7 @@ class GraphedStep:
             self._graph = step
         else:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=side):
                 loss = self.loss_fn(self.model(self._x), self._y)
                 loss.backward()
                 self.opt.step()

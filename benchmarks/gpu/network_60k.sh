@@ -15,7 +15,9 @@
 #   2. if both pass, add --cuda-graphs to the runs. The run that ended at zero error, for 300 epochs, alone:
 #   T=560 bash benchmarks/gpu/network_60k.sh \
 #     x3long "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --weight-decay-normalized 5e-3 --epochs 300 --lr-drops 0.05,0.05 --cuda-graphs"
-#   (lr 0.05 for 15 epochs, then 5e-4. Its NC1 fell about 2% per epoch after the fit at epoch 46.)
+#   (lr 0.05 for 15 epochs, then 5e-4. Its NC1 fell about 2% per epoch after the fit at epoch 46.) Beside it, the
+#   run that fitted first (epoch 29) and had no spike in its 39 epochs, NC1 falling 1.7% per epoch, for 250 epochs:
+#     x3fit "--model resnet20 --width 32 --batch-size 128 --lr 0.05 --weight-decay 2e-3 --weight-decay-normalized 0 --epochs 250 --lr-drops 0.06 --cuda-graphs"
 # ckpt.tgz must stay under 16 MB to come back: with more than one width-32 run it does not, so resume those in the
 # next call while the machine is still warm (runs/ stays there); each run's history comes back as history_partial.csv.
 # Runs stop cleanly after T seconds (SIGINT: checkpoint written) so the next call resumes them; run folders come

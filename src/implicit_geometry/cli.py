@@ -75,6 +75,9 @@ def demo(out: str | None, quiet: bool) -> None:
     from implicit_geometry.experiments.seli import SeliConfig, run_seli
 
     folder = Path(out) if out else default_out("demo")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "a file" if not folder.is_dir() else "not empty"
+        raise InvalidParameterError(f"--out must be a new or empty folder (got {str(folder)!r}, which is {what}); the demo always starts a new run")
     config = SeliConfig(steps=30000, seeds=4, device="cpu")
     click.echo(f"SELI demo: counts 3x20 + 7x2 (k = 10), d = 20, {config.seeds} seeds, {config.steps} steps of normalized GD", err=True)
     summary = run_seli(config, folder, progress=not quiet)
@@ -138,6 +141,9 @@ def cli(argv: list[str] | None = None) -> Any:
         click.echo(f"igeom: error: {exc.format_message()}{where}; see --help", err=True)
         sys.exit(2)
     except InvalidParameterError as exc:
+        from implicit_geometry.experiments.base import discard_unstarted_runs
+
+        discard_unstarted_runs()  # a run that failed before writing anything leaves no folder behind
         click.echo(f"igeom: error: {exc}", err=True)
         sys.exit(2)
     except Interrupted as exc:

@@ -19,19 +19,40 @@ import numpy as np
 from implicit_geometry._validation import InvalidParameterError, one_line
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; results are meant to be shared like any file the user writes
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder; give a file name")
+        blocking = next((p for p in path.parents if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise NotADirectoryError(20, f"{str(blocking)!r} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # a file where a folder is needed, no permission, no space: one line, not a traceback
+        raise InvalidParameterError(f"cannot write {str(path)!r}: {exc.strerror or one_line(exc)}") from None
+    try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InvalidParameterError(f"cannot write {str(path)!r}: {exc.strerror or one_line(exc)}") from None
         raise
 
 
@@ -57,6 +78,10 @@ def to_jsonable(obj: Any) -> Any:
 
 def dumps_json(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import math
 import signal
 import sys
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
-from implicit_geometry.io import read_json, write_json
+from implicit_geometry.io import read_json, write_json, write_text
 from implicit_geometry.train.threads import threads_for  # noqa: F401  (re-exported for the experiments)
 
 
@@ -94,15 +95,52 @@ def default_out(experiment: str) -> Path:
     return Path("runs") / f"{experiment}-{stamp}"
 
 
+CONFIG_DIGEST = ".config.sha256"  # digest of the config a run started with: a resume refuses an edited config.json
+# fields that do not change a run's numbers: a resume may change them
+_DIGEST_EXEMPT = frozenset({"device", "checkpoint_seconds"})
+
+
+def config_digest(config: Any) -> str:
+    import hashlib
+
+    d = {k: v for k, v in config.to_dict().items() if k not in _DIGEST_EXEMPT}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# run folders this process created and has not yet filled: the CLI removes them when a run fails before its first
+# file beyond config.json (a stray config-only folder would otherwise block reusing --out)
+_NEW_FOLDERS: list[Path] = []
+
+
+def _never_started(folder: Path) -> bool:
+    return folder.is_dir() and {p.name for p in folder.iterdir()} <= {"config.json", CONFIG_DIGEST}
+
+
+def discard_unstarted_runs() -> None:
+    """Remove the run folders this process created that still hold nothing but ``config.json``."""
+    while _NEW_FOLDERS:
+        folder = _NEW_FOLDERS.pop()
+        if _never_started(folder):
+            for name in ("config.json", CONFIG_DIGEST):
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()
+
+
 def prepare_out(out: Path | None, experiment: str) -> Path:
     out = Path(out) if out is not None else default_out(experiment)
-    if out.exists() and (out / "config.json").exists():
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"--out must be a new or empty folder (got {str(out)!r}, which is a file)")
+    if (out / "config.json").exists() and not _never_started(out):
         raise InvalidParameterError(
             f"--out must be a new or empty folder (got {str(out)!r}, which holds a run: use --resume to continue it)"
         )
     if (out / "checkpoint.pt").exists():  # a new run must never pick up another run's state
         raise InvalidParameterError(f"--out must be a new or empty folder (got {str(out)!r}, which holds a checkpoint.pt but no config.json)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidParameterError(f"cannot create the run folder {str(out)!r}: {exc.strerror or exc}") from None
+    _NEW_FOLDERS.append(out)
     return out
 
 
@@ -177,6 +215,11 @@ def open_run_folder(
     if resume is not None:
         folder = check_resume_folder(Path(resume))
         config = config_cls.from_dict(read_json(folder / "config.json"))
+        digest = folder / CONFIG_DIGEST
+        if digest.exists() and digest.read_text().strip() != config_digest(config):
+            raise InvalidParameterError(
+                f"config.json in {str(folder)!r} was changed after the run started: a resumed run keeps the config it "
+                "started with (only device and checkpoint_seconds may change); start a new run with --out to change it")
         finished = (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists()
         return folder, config, read_json(folder / "summary.json") if finished else None
     config = (config or config_cls()).validate()
@@ -184,4 +227,5 @@ def open_run_folder(
         precheck(config)
     folder = prepare_out(Path(out) if out is not None else None, experiment)
     write_json(folder / "config.json", config.to_dict())
+    write_text(folder / CONFIG_DIGEST, config_digest(config) + "\n")
     return folder, config, None

@@ -210,11 +210,17 @@ class NetworkTrainer:
         previous measurement) the data is streamed once and NC4 counted against them; without, twice."""
         from implicit_geometry.measure.api import measure
         from implicit_geometry.measure.data import TensorBatches
+        from implicit_geometry.measure.metrics import DegenerateLayerError
 
         # the training tensors already on the device; large eval batches: the pass is matrix products, and 4096 x width floats stay small
-        return measure(self.model, TensorBatches(self.x, self.y, 4096), self.data.num_classes, layers, device=self.device,
-                       permutations=permutations, seed=self.seed, nc4="two-pass" if centers is None else "centers",
-                       centers=centers, sample_rows=200 if permutations == 0 else 1000)
+        try:
+            return measure(self.model, TensorBatches(self.x, self.y, 4096), self.data.num_classes, layers, device=self.device,
+                           permutations=permutations, seed=self.seed, nc4="two-pass" if centers is None else "centers",
+                           centers=centers, sample_rows=200 if permutations == 0 else 1000)
+        except DegenerateLayerError:
+            raise InvalidParameterError(
+                f"lr must be smaller for this problem: after epoch {self.epoch} (seed {self.seed}) every class has the same "
+                f"{'penultimate features' if self.epoch else 'features at initialization'} (training broke down, e.g. dead ReLUs), so there is no geometry to measure") from None
 
 
 @contextlib.contextmanager

@@ -70,6 +70,10 @@ def _nc2_parts(V: np.ndarray, prefix: str) -> dict[str, float]:
     }
 
 
+class DegenerateLayerError(InvalidParameterError):
+    """A layer whose class means all coincide: there is no class geometry to measure."""
+
+
 def class_metrics(
     stats: dict[str, Any],
     W: Any | None = None,
@@ -99,6 +103,9 @@ def class_metrics(
     etf = etf_geometry(np.round(tc).astype(np.int64))
     gm = means @ counts / counts.sum()
     Mg = means - gm[:, None]  # sample-weighted centring (Papyan)
+    if np.linalg.norm(Mg) <= 1e-12 * np.abs(means).max(initial=0.0):
+        # every ratio below divides by the spread of the class means: with none, NC1 would read 0 ("collapsed")
+        raise DegenerateLayerError("the class means of this layer coincide (a constant layer, e.g. dead ReLUs): its class geometry is undefined")
     Mu = means - means.mean(1, keepdims=True)  # unweighted centring (targets)
     out: dict[str, float] = {}
     if stats.get("sigma_w") is not None:

@@ -85,7 +85,7 @@ def check_spectrum(a: Any, num_classes: int | None = None, name: str = "singular
     if arr.ndim != 2 or arr.shape[1] < 2:
         raise InvalidParameterError(f"{name} must be a vector of K values or a (batch, K) array (got shape {arr.shape})")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise InvalidParameterError(f"{name} must be finite and >= 0 (got min {np.nanmin(arr)!r})")
+        raise InvalidParameterError(f"{name} must be finite and >= 0 (got min {float(np.nanmin(arr)):g})")
     check_power_of_two(arr.shape[1], "number of singular values K")
     if num_classes is not None and arr.shape[1] != num_classes:
         raise InvalidParameterError(f"{name} must have {num_classes} entries per row (got {arr.shape[1]})")

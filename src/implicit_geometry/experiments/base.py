@@ -188,7 +188,9 @@ class ExperimentConfig:
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - known
         if unknown:
-            raise InvalidParameterError(f"config keys must be among {sorted(known)} (got unknown {sorted(unknown)})")
+            experiment = cls.__name__.removesuffix("Config").lower()
+            raise InvalidParameterError(f"this config is not a {experiment} config: keys {sorted(unknown)[:4]} are unknown to it "
+                                        f"(a folder from another experiment? resume it with that experiment's command)")
         d = dict(d)
         for name in cls.INF_FIELDS:
             if name in d and d[name] is None:

@@ -32,6 +32,9 @@ def emit_summary(summary: dict[str, Any], as_json: bool) -> None:
         return
     folder = summary.get("folder")
     if folder:
-        click.echo(f"run folder: {folder}  (figures in {folder}/figures)")
+        from pathlib import Path
+
+        figures = Path(folder) / "figures"
+        click.echo(f"run folder: {folder}" + (f"  (figures in {figures})" if figures.is_dir() else ""))
     for line in summary.get("verdict", []):
         click.echo(line)

@@ -349,7 +349,7 @@ class DepthRun:
 
 def verdict(summary: dict[str, Any]) -> list[str]:
     K = summary["K"]
-    lines = [f"K={K}, n={summary['n']}, init std {summary['init_std']}, {len(summary['seeds'])} seeds, "
+    lines = [f"K={K}, n={summary['n']}, init std {summary['init_std']}, {len(summary['seeds'])} seed{'s' if len(summary['seeds']) != 1 else ''}, "
              f"{summary['optimizer']} steps" + (" (implicit on plateaus)" if summary.get("plateau") and summary["optimizer"] == "path" else "")
              + f", {summary['seconds']:.1f} s"]
     for row in summary["table"]:

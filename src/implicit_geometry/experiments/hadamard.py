@@ -109,7 +109,9 @@ class HadamardConfig(ExperimentConfig):
         self.basin_classes = _int_list("basin_classes", self.basin_classes, 2, power_of_two=True)
         if isinstance(self.analyses, str):
             self.analyses = [a.strip() for a in self.analyses.split(",") if a.strip()]
-        self.analyses = [check_choice("analyses", a, ANALYSES) for a in self.analyses] or list(ANALYSES)
+        if not self.analyses:
+            raise InvalidParameterError(f"analyses must name at least one of {', '.join(ANALYSES)} (got none)")
+        self.analyses = [check_choice("analyses", a, ANALYSES) for a in self.analyses]
         self.ics = check_int("ics", self.ics, minimum=1)
         self.horizon = check_float("horizon", self.horizon, minimum=0.0, strict_min=True, maximum=1e12)
         self.points = check_int("points", self.points, minimum=10)

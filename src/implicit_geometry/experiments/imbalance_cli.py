@@ -115,7 +115,8 @@ def predict_command(counts, classes, ratio, minority_fraction, n_min, loss, gamm
         return
     from implicit_geometry.cli import echo_geometry
 
-    click.echo(f"{g.name}: {params.to_dict()['loss']} {params.hyper}, solver {info.method} ({info.seconds * 1e3:.1f} ms)")
+    hyper = ", ".join(f"{k} {v:g}" for k, v in params.hyper.items())
+    click.echo(f"{g.name}" + (f" ({hyper})" if hyper else "") + f", solver {info.method} ({info.seconds * 1e3:.1f} ms)")
     echo_geometry(out)
     if "closed_form" in out:
         cf = out["closed_form"]

@@ -115,6 +115,10 @@ def prepare_data(c: NetworkConfig):
     from implicit_geometry.measure.data import imbalanced_indices, load
 
     data = load(c.dataset, data_dir=c.data_dir)
+    smallest = int(data.counts().min())
+    if c.per_class > smallest:
+        raise InvalidParameterError(f"per_class must be at most {smallest}, the size of the smallest class of {data.name} "
+                                    f"(got {c.per_class}; 0 uses every row)")
     if c.per_class or c.imbalance != "none":
         n_max = c.per_class or int(data.counts().min())
         data = data.subset(imbalanced_indices(data.y, profile=c.imbalance, ratio=c.ratio, minority_fraction=c.minority_fraction,

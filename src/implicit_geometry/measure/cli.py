@@ -32,9 +32,16 @@ def command(model_path, dataset, split, layers, batch_size, max_rows, permutatio
 
     dev = resolve_device(device)
     check_int("max_rows", max_rows, minimum=0)
+    check_int("sample_rows", sample_rows, minimum=1)
     data = load(dataset, split=split)
     if max_rows:
+        K = data.num_classes
         data = data.subset(list(range(min(max_rows, data.x.shape[0]))))
+        data.classes = K  # the model's classes, even where the first rows miss some
+        seen = int((data.counts() > 0).sum())
+        if seen < K:
+            raise InvalidParameterError(f"max_rows must keep every class: the first {max_rows} rows hold {seen} of the "
+                                        f"{K} classes (got {max_rows}; 0 measures all rows)")
     net = load_model(model_path).to(dev)
     names = [s.strip() for s in layers.split(",") if s.strip()]
     if not names:

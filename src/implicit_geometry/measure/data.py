@@ -169,7 +169,10 @@ def load(name: str, *, split: str = "train", data_dir: str | None = None, mnist1
         return load_idx(name[4:], split)
     if name.startswith("cifar10:"):
         return load_cifar10(name[8:], split)
-    name = check_choice("dataset", name, ["digits", "mnist1d", "fashion-mnist"])
+    if not isinstance(name, str) or name not in ("digits", "mnist1d", "fashion-mnist"):
+        check_choice("dataset", name, ["digits", "mnist1d", "fashion-mnist", "idx:FOLDER", "cifar10:FOLDER"])
+    if name in ("digits", "mnist1d") and split != "train":
+        raise InvalidParameterError(f"split must be train for {name} (it has one split; got {split!r})")
     if name == "digits":
         return load_digits()
     if name == "mnist1d":

@@ -34,12 +34,15 @@ def stats_cmd(source: str, context: int, tokenizer: str, max_chars: int | None, 
 
     import numpy as np
 
-    from implicit_geometry._validation import InvalidParameterError
+    from implicit_geometry._validation import InvalidParameterError, check_int
     from implicit_geometry.io import dumps_json
     from implicit_geometry.ntp.corpus import context_statistics, read_text, tokenize
     from implicit_geometry.ntp.data import shakespeare_files
     from implicit_geometry.ntp.predict import orthant_clusters, predict_geometry
 
+    if max_chars is not None:
+        check_int("max_chars", max_chars, minimum=1)
+    check_int("clusters", clusters, minimum=1)
     if source == "shakespeare":
         files = shakespeare_files()
     elif Path(source).is_dir():

@@ -85,14 +85,14 @@ def read_text(paths: str | Path | Sequence[str | Path], max_chars: int | None = 
         p = Path(p)
         if not p.is_file():
             raise InvalidParameterError(f"text file must exist (got {str(p)!r})")
-        t = p.read_text(encoding="utf-8", errors="replace")
+        t = ("\n" if parts else "") + p.read_text(encoding="utf-8", errors="replace")  # files joined by newlines
         if max_chars is not None:
             t = t[: max(0, max_chars - total)]
         parts.append(t)
         total += len(t)
         if max_chars is not None and total >= max_chars:
             break
-    return "\n".join(parts)
+    return "".join(parts)
 
 
 @dataclass
@@ -143,7 +143,7 @@ class CorpusStats:
         """Empirical entropy ``-sum_j pi_j sum_z p_jz log p_jz`` (nats): the infimum of the NTP loss."""
         P = self.probabilities
         rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
-        return float(-(self.pi[rows] * P.data * np.log(P.data)).sum())
+        return float(-(self.pi[rows] * P.data * np.log(P.data)).sum()) + 0.0  # + 0.0: a deterministic corpus gives 0, not -0
 
     def support_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """``(group, multiplicity)``: contexts with equal support sets share a group id (in order of first

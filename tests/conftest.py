@@ -41,3 +41,15 @@ def stop_after(monkeypatch, module, checks: int) -> None:
         yield Flag()
 
     monkeypatch.setattr(module, "interruptible", fake)
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """``igeom ARGS`` in-process: (exit status, stripped stderr)."""
+    from implicit_geometry.cli import cli
+
+    code = 0
+    try:
+        cli([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.strip()

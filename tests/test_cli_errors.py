@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import run_cli
+
 from implicit_geometry.ntp.corpus import read_text
 
 
-def _cli(args, capsys):
-    from implicit_geometry.cli import cli
-
-    code = 0
-    try:
-        cli([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +27,7 @@ def model_file(tmp_path_factory):
     (["--split", "val"], "split must be train for digits"),
 ])
 def test_measure_options(model_file, capsys, args, needle):
-    code, err = _cli(["measure", "--model", model_file, "--data", "digits", *args], capsys)
+    code, err = run_cli(["measure", "--model", model_file, "--data", "digits", *args], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
 
 
@@ -45,7 +38,7 @@ def test_measure_options(model_file, capsys, args, needle):
     (["run", "hadamard", "--classes", "8", "--init", "0,1,0,-0.5,1,1,1,1", "--quiet"], "(got min -0.5)"),
 ])
 def test_option_messages(capsys, args, needle):
-    code, err = _cli(args, capsys)
+    code, err = run_cli(args, capsys)
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
 
 
@@ -53,14 +46,14 @@ def test_ntp_stats_options(tmp_path, capsys):
     f = tmp_path / "a.txt"
     f.write_text("to be or not to be " * 20)
     for args, needle in ((["--max-chars", "-5"], "max_chars must be an integer >= 1"), (["--clusters", "0"], "clusters must be an integer >= 1")):
-        code, err = _cli(["ntp", "stats", f, *args], capsys)
+        code, err = run_cli(["ntp", "stats", f, *args], capsys)
         assert code == 2 and needle in err, err
 
 
 def test_resume_with_another_experiments_command(tmp_path, capsys):
     run = tmp_path / "imb"
-    assert _cli(["run", "imbalance", "--steps", "10", "--quiet", "--device", "cpu", "--out", run], capsys)[0] == 0
-    code, err = _cli(["run", "seli", "--resume", run, "--quiet"], capsys)
+    assert run_cli(["run", "imbalance", "--steps", "10", "--quiet", "--device", "cpu", "--out", run], capsys)[0] == 0
+    code, err = run_cli(["run", "seli", "--resume", run, "--quiet"], capsys)
     assert code == 2 and "this config is not a seli config" in err and len(err) < 250, err
 
 

@@ -8,22 +8,14 @@ import stat
 import numpy as np
 import pytest
 
+from conftest import run_cli
+
 from implicit_geometry._validation import InvalidParameterError
 from implicit_geometry.io import write_json
 
 SELI = ["run", "seli", "--steps", "10", "--seeds", "1", "--quiet", "--device", "cpu"]
 
 
-def _cli(args, capsys):
-    from implicit_geometry.cli import cli
-
-    code = 0
-    try:
-        cli([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.err.strip()
 
 
 def _one_line_error(code, err, *needles):
@@ -35,19 +27,19 @@ def _one_line_error(code, err, *needles):
 def test_out_is_a_file_or_below_one(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")
-    _one_line_error(*_cli([*SELI, "--out", f], capsys), "which is a file")
-    _one_line_error(*_cli(["demo", "--out", f], capsys), "which is a file")
-    _one_line_error(*_cli(["demo", "--out", tmp_path], capsys), "not empty", "the demo always starts a new run")
-    _one_line_error(*_cli([*SELI, "--out", f / "run"], capsys), "cannot create the run folder")
+    _one_line_error(*run_cli([*SELI, "--out", f], capsys), "which is a file")
+    _one_line_error(*run_cli(["demo", "--out", f], capsys), "which is a file")
+    _one_line_error(*run_cli(["demo", "--out", tmp_path], capsys), "not empty", "the demo always starts a new run")
+    _one_line_error(*run_cli([*SELI, "--out", f / "run"], capsys), "cannot create the run folder")
 
 
 def test_report_out_is_a_folder_or_below_a_file(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _cli([*SELI, "--out", run], capsys)[0] == 0
+    assert run_cli([*SELI, "--out", run], capsys)[0] == 0
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("x")
-    _one_line_error(*_cli(["report", run, "--out", tmp_path / "adir"], capsys), "it is a folder")
-    _one_line_error(*_cli(["report", run, "--out", tmp_path / "afile" / "x" / "r.html"], capsys), "is a file, not a folder")
+    _one_line_error(*run_cli(["report", run, "--out", tmp_path / "adir"], capsys), "it is a folder")
+    _one_line_error(*run_cli(["report", run, "--out", tmp_path / "afile" / "x" / "r.html"], capsys), "is a file, not a folder")
 
 
 def test_results_are_written_with_the_users_umask(tmp_path):
@@ -66,34 +58,34 @@ def test_a_run_that_fails_before_writing_leaves_no_folder_and_out_can_be_reused(
         raise InvalidParameterError("planted failure after the folder was created")
 
     monkeypatch.setattr("implicit_geometry.experiments.seli.DeepUFM.random", fail)
-    _one_line_error(*_cli([*SELI, "--out", out], capsys), "planted failure")
+    _one_line_error(*run_cli([*SELI, "--out", out], capsys), "planted failure")
     assert not out.exists()
     monkeypatch.undo()
     # a folder holding only config.json (a run that never started, e.g. killed at once) is reused as well
     out.mkdir()
     (out / "config.json").write_text("{}")
-    assert _cli([*SELI, "--out", out], capsys)[0] == 0
+    assert run_cli([*SELI, "--out", out], capsys)[0] == 0
     assert (out / "summary.json").exists()
     # a folder with results is never reused, and never removed
-    _one_line_error(*_cli([*SELI, "--out", out], capsys), "holds a run")
+    _one_line_error(*run_cli([*SELI, "--out", out], capsys), "holds a run")
     base.discard_unstarted_runs()
     assert (out / "summary.json").exists()
 
 
 def test_resume_refuses_an_edited_config(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _cli([*SELI, "--out", run], capsys)[0] == 0
+    assert run_cli([*SELI, "--out", run], capsys)[0] == 0
     text = (run / "config.json").read_text()
     (run / "config.json").write_text(text.replace('"device": "cpu"', '"device": "auto"'))
-    assert _cli(["run", "seli", "--resume", run, "--quiet"], capsys)[0] == 0  # device may change
+    assert run_cli(["run", "seli", "--resume", run, "--quiet"], capsys)[0] == 0  # device may change
     (run / "config.json").write_text(text.replace('"dim": 20', '"dim": 30'))
-    _one_line_error(*_cli(["run", "seli", "--resume", run, "--quiet"], capsys), "was changed after the run started")
+    _one_line_error(*run_cli(["run", "seli", "--resume", run, "--quiet"], capsys), "was changed after the run started")
 
 
 def test_dead_network_is_reported_not_measured_as_collapsed(tmp_path, capsys):
     args = ["run", "network", "--dataset", "digits", "--per-class", "20", "--width", "16", "--epochs", "3", "--lr", "100",
             "--permutations", "0", "--quiet", "--device", "cpu", "--out", tmp_path / "net"]
-    _one_line_error(*_cli(args, capsys), "lr must be smaller", "every class has the same penultimate features")
+    _one_line_error(*run_cli(args, capsys), "lr must be smaller", "every class has the same penultimate features")
 
 
 def test_class_metrics_refuse_coinciding_class_means():

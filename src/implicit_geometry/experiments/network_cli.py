@@ -11,7 +11,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="digits, mnist1d, fashion-mnist, idx:FOLDER or cifar10:FOLDER.")
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist).")
 @click.option("--model", "model_name", default="mlp", show_default=True, help="mlp (ReLU head) or resnet20.")
-@click.option("--width", type=int, default=512, show_default=True, help="Head width d (mlp) or base width (resnet20, use 16).")
+@click.option("--width", type=int, default=512, show_default=True, help="Head width d (mlp) or base width (resnet20: 16 in He et al.; the Fashion-MNIST runs in docs/measure.md use 32).")
 @click.option("--depth", type=int, default=2, show_default=True, help="mlp: number L of ReLU head layers.")
 @click.option("--trunk", type=int, default=0, show_default=True, help="mlp: width of one input layer before the head (0: none).")
 @click.option("--batch-norm/--no-batch-norm", default=False, show_default=True, help="mlp: BatchNorm1d before every hidden ReLU.")

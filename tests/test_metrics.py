@@ -133,3 +133,20 @@ def test_nc1_ignores_a_large_common_offset(rng):
     ref = nc1(H, y)
     for offset in (1e2, 1e4, 1e6):
         assert nc1(H + offset * rng.standard_normal((d, 1)), y) == pytest.approx(ref, rel=1e-4)
+
+
+def test_neural_collapse_metrics_refuse_bad_input():
+    import implicit_geometry as ig
+    from implicit_geometry._validation import InvalidParameterError
+
+    rng = np.random.default_rng(0)
+    H, y, W = rng.normal(size=(5, 12)), np.arange(12) % 3, rng.normal(size=(3, 5))
+    assert np.isfinite(ig.neural_collapse_metrics(H, y, W)["nc1"])
+    bad = [((H, y[:5], W), "one entry per column of H"), ((H, y % 2, W), "cover every class"),
+           ((np.where(H > 1, np.nan, H), y, W), "H must be finite"), ((H, y, None), "W must be a 2-D matrix"),
+           ((H, y, W[:, :4]), "W must be a matrix with 5 columns"), ((H, y, W, np.ones(2)), "b must be a finite vector of 3")]
+    for args, needle in bad:
+        with pytest.raises(InvalidParameterError, match=needle):
+            ig.neural_collapse_metrics(*args)
+    with pytest.raises(InvalidParameterError, match="finite"):
+        ig.normalized_distance(np.array([[np.nan]]), np.eye(1))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from implicit_geometry._validation import InvalidParameterError, check_labels
+from implicit_geometry._validation import InvalidParameterError, check_labels, check_matrix
 
 
 def as_float64(x: Any) -> np.ndarray:
@@ -32,6 +32,8 @@ def normalized_distance(A: Any, B: Any) -> float:
     A, B = as_float64(A), as_float64(B)
     if A.shape != B.shape:
         raise InvalidParameterError(f"normalized_distance needs matrices of equal shape (got {A.shape} and {B.shape})")
+    if not (np.isfinite(A).all() and np.isfinite(B).all()):
+        raise InvalidParameterError("normalized_distance needs finite matrices (got NaN or inf entries)")
     na, nb = np.linalg.norm(A), np.linalg.norm(B)
     if na == 0 or nb == 0:
         raise InvalidParameterError("normalized_distance needs non-zero matrices (got a zero matrix)")
@@ -188,9 +190,23 @@ def nc4(H: Any, labels: Any, W: Any, b: Any | None = None) -> float:
 
 
 def neural_collapse_metrics(H: Any, labels: Any, W: Any, b: Any | None = None) -> dict[str, float]:
-    """All NC metrics at once (NC1, NC2 parts, NC3, NC4) plus effective and stable rank of the mean logits."""
-    H, W = as_float64(H), as_float64(W)
-    y = check_labels(labels)
+    """All NC metrics at once (NC1, NC2 parts, NC3, NC4) plus effective and stable rank of the mean logits.
+
+    ``H`` is d x N (one column per sample), ``labels`` N integers in 0..K-1 with every class present, ``W`` K x d,
+    ``b`` (optional) K.
+    """
+    H = check_matrix("H", H)
+    W = check_matrix("W", W, shape=(None, H.shape[0]))
+    y = check_labels(labels, W.shape[0])
+    if y.size != H.shape[1]:
+        raise InvalidParameterError(f"labels must have one entry per column of H ({H.shape[1]}; got {y.size})")
+    present = np.bincount(y, minlength=W.shape[0])
+    if W.shape[0] < 2 or np.any(present == 0):
+        raise InvalidParameterError(f"labels must cover every class 0..K-1 of W, K >= 2 (got counts {present.tolist()})")
+    if b is not None:
+        b = as_float64(b)
+        if b.shape != (W.shape[0],) or not np.isfinite(b).all():
+            raise InvalidParameterError(f"b must be a finite vector of {W.shape[0]} biases (got shape {b.shape})")
     means, _ = class_means(H, y)
     mean_logits = W @ means
     return {

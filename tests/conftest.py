@@ -47,9 +47,19 @@ def run_cli(args, capsys) -> tuple[int, str]:
     """``igeom ARGS`` in-process: (exit status, stripped stderr)."""
     from implicit_geometry.cli import cli
 
+    capsys.readouterr()  # drop earlier output
     code = 0
     try:
         cli([str(a) for a in args])
     except SystemExit as exc:
         code = exc.code
     return code, capsys.readouterr().err.strip()
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """A user error: exit status 2 and one ``igeom: error:`` line (no traceback) holding every needle."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert err.startswith("igeom: error: ") and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err

@@ -9,6 +9,7 @@ contexts; the control is the same corpus with every support replaced by a random
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,9 @@ class NtpRun:
         with torch.no_grad():
             H = self.net.context_embeddings(self.measure_x).T
         W = self.net.unembedding.weight.detach()
+        if not (bool(torch.isfinite(H).all()) and bool(torch.isfinite(W).all())):
+            # the last loss came before its step's update: a too-large step shows first in the embeddings
+            check_not_diverged(math.nan, f"at transformer step {self.step}")
         out = compare_to_prediction(W, H, self.rows, self.geometry, self.control)
         align = direction_alignment(W, self.directions)
         out.update({f"align_{i}": float(a) for i, a in enumerate(align)})

@@ -16,17 +16,18 @@ Every string from a folder is escaped (``html.escape`` in markup; JSON in the pa
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from implicit_geometry._validation import InvalidParameterError
+from implicit_geometry._validation import InvalidParameterError, one_line
 from implicit_geometry.io import _atomic_write_bytes, read_csv, read_json, to_jsonable
 
 MAX_HEATMAP = 150  # rows/columns above this are left out of the page (a 150x150 map is 22,500 SVG cells)
@@ -136,6 +137,46 @@ def _log_scale(values: Sequence[float]) -> bool:
     return bool(vals) and min(vals) > 0 and max(vals) / min(vals) > 100
 
 
+# -- reading a folder's files: a damaged or foreign file is named in one line ----------------------------------
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json, summary.json, sweep.json)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), type(value).__name__)
+        raise InvalidParameterError(f"{path} must hold a JSON object written by igeom (got {kind})")
+    return value
+
+
+def _read_object_if(path: Path) -> dict[str, Any]:
+    return _read_object(path) if path.exists() else {}
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The numeric arrays of final.npz (text arrays are left out; pickled objects are never loaded)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # noqa: BLE001 - garbage, a truncated zip, pickled objects: say which file, in one line
+        raise InvalidParameterError(
+            f"{path} must be a NumPy .npz file of numeric arrays written by igeom (it does not load: {type(exc).__name__}: {one_line(exc, 160)})"
+        ) from None
+    bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # NpzFile gives a non-.npy member as bytes
+    if bad:
+        raise InvalidParameterError(f"{path} must be a NumPy .npz file of numeric arrays written by igeom (its member {bad[0]!r} is not a NumPy array)")
+    return {k: np.asarray(v, dtype=float) for k, v in arrays.items() if v.dtype.kind in "fiu"}
+
+
+def _read_rows(path: Path, read: Callable[[], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The rows of a CSV file (history.csv; table.csv through ``read``)."""
+    try:
+        return read() if read is not None else read_csv(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidParameterError(f"{path} must be a CSV file written by igeom (it does not parse: {type(exc).__name__}: {one_line(exc, 160)})") from None
+
+
 # -- run folders ------------------------------------------------------------------------------------------
 PRED_PREFIXES = ("pred_", "predicted_")
 MAX_PAIR = 60  # larger predicted/learned pairs are shown as their leading 60x60 block (e.g. context Grams)
@@ -230,8 +271,7 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def _geometry_section(page: _Page, folder: Path) -> None:
-    with np.load(folder / "final.npz", allow_pickle=False) as data:
-        npz = {k: np.asarray(data[k], dtype=float) for k in data.files if data[k].dtype.kind in "fiu"}
+    npz = _read_npz(folder / "final.npz")
     pairs, lone = _gram_pairs(npz)
     blocks = []
     for name, pred, learned in pairs:
@@ -258,15 +298,16 @@ def _geometry_section(page: _Page, folder: Path) -> None:
 
 
 def _run_sections(page: _Page, folder: Path) -> None:
-    config = read_json(folder / "config.json") if (folder / "config.json").exists() else {}
-    summary = read_json(folder / "summary.json") if (folder / "summary.json").exists() else {}
+    config = _read_object_if(folder / "config.json")
+    summary = _read_object_if(folder / "summary.json")
     if summary.get("verdict"):
-        items = "".join(f"<li>{_esc(line)}</li>" for line in summary["verdict"])
+        verdict = summary["verdict"] if isinstance(summary["verdict"], list) else [summary["verdict"]]  # hand-edited: one line
+        items = "".join(f"<li>{_esc(line)}</li>" for line in verdict)
         page.section("Verdict", f'<ul class="verdict">{items}</ul>')
     if (folder / "final.npz").exists():
         _geometry_section(page, folder)
     if (folder / "history.csv").exists():
-        _history_section(page, read_csv(folder / "history.csv"))
+        _history_section(page, _read_rows(folder / "history.csv"))
     figs = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
     if figs:
         imgs = "".join(
@@ -504,8 +545,11 @@ def _mean_over_seeds(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _sweep_sections(page: _Page, folder: Path) -> None:
     from implicit_geometry.sweep.table import read_table
 
-    meta = read_json(folder / "sweep.json")
-    rows = read_table(folder) if (folder / "table.csv").exists() else []
+    meta = _read_object(folder / "sweep.json")
+    for key, kind, name in (("grid", dict, "an object"), ("points", list, "an array")):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise InvalidParameterError(f"{folder / 'sweep.json'} must hold {key} as {name}, as igeom writes it (got {_JSON_KINDS.get(type(meta[key]), type(meta[key]).__name__)})")
+    rows = _read_rows(folder / "table.csv", lambda: read_table(folder)) if (folder / "table.csv").exists() else []
     spec = {k: meta.get(k) for k in ("experiment", "grid", "fixed", "seeds", "first_seed")}
     statuses: dict[str, str] = {}
     for r in rows:
@@ -587,11 +631,11 @@ def build_report(folder: Path | str) -> str:
     """The HTML text of the report of a run folder or a sweep folder."""
     folder = Path(folder)
     if (folder / "sweep.json").exists():
-        meta = read_json(folder / "sweep.json")
+        meta = _read_object(folder / "sweep.json")
         page = _Page(f"Sweep of {meta.get('experiment', '?')}", str(folder.resolve()))
         _sweep_sections(page, folder)
     elif (folder / "config.json").exists() or (folder / "summary.json").exists():
-        summary = read_json(folder / "summary.json") if (folder / "summary.json").exists() else {}
+        summary = _read_object_if(folder / "summary.json")
         page = _Page(f"Run of {summary.get('experiment', folder.name)}", str(folder.resolve()))
         _run_sections(page, folder)
     else:

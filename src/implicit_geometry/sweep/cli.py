@@ -25,8 +25,9 @@ def command(experiment, grid, fixed, spec_file, seeds, first_seed, executor, job
     """Run EXPERIMENT over a grid of config values; rerun the same command to continue an interrupted sweep."""
     from implicit_geometry._validation import InvalidParameterError
     from implicit_geometry.io import dumps_json
+    from implicit_geometry.sweep.contract import sweepable_experiments
     from implicit_geometry.sweep.runner import run_sweep
-    from implicit_geometry.sweep.spec import SweepSpec, parse_assignments
+    from implicit_geometry.sweep.spec import SweepSpec, parse_assignments, parse_settings
 
     spec = SweepSpec.from_yaml(spec_file) if spec_file else SweepSpec(experiment or "")
     if experiment:
@@ -34,13 +35,23 @@ def command(experiment, grid, fixed, spec_file, seeds, first_seed, executor, job
             raise InvalidParameterError(f"experiment must match the sweep file's {spec.experiment!r} (got {experiment!r})")
         spec.experiment = experiment
     if not spec.experiment:
+        if spec_file:
+            raise InvalidParameterError(f"sweep file {spec_file} names no experiment: add experiment: NAME to it or give EXPERIMENT "
+                                        f"(one of {', '.join(sweepable_experiments())})")
         raise click.UsageError("give EXPERIMENT or --file")
-    spec.grid.update(parse_assignments(grid, "--grid"))
-    for item in fixed:  # one value each: commas stay (--set counts=20,20,2 is one list)
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidParameterError(f"--set must be KEY=VALUE (got {item!r})")
-        spec.fixed[key.strip()] = value.strip()
+    # Each key once: a key in --grid twice, or in both --grid and --set (here or in the file), would lose a value.
+    grid_cli = parse_assignments(grid, "--grid")
+    fixed_cli = parse_settings(fixed, "--set")
+    sources = [("--grid", grid_cli), ("--set", fixed_cli)]
+    if spec_file:
+        sources += [("the sweep file's grid", spec.grid), ("the sweep file's set", spec.fixed)]
+    for i, (name_a, keys_a) in enumerate(sources):
+        for name_b, keys_b in sources[i + 1:]:
+            both = [k for k in keys_a if k in keys_b]
+            if both:
+                raise InvalidParameterError(f"sweep keys must be given once, in --grid or --set or the sweep file (got {', '.join(both)} in both {name_a} and {name_b})")
+    spec.grid.update(grid_cli)
+    spec.fixed.update(fixed_cli)
     if seeds is not None:
         spec.seeds = seeds
     if first_seed is not None:

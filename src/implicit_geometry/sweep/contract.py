@@ -58,6 +58,31 @@ class Sweepable:
         return {} if figures or self.figures_option is None else {self.figures_option: False}
 
 
+def _find_sweepable(module_name: str) -> Sweepable | None:
+    """The ``SWEEP`` of a registered experiment's CLI module, or of that module minus ``_cli``; None without one."""
+    candidates = [module_name] + ([module_name[: -len("_cli")]] if module_name.endswith("_cli") else [])
+    for name in candidates:
+        try:
+            module: ModuleType = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        sweep = getattr(module, "SWEEP", None)
+        if isinstance(sweep, Sweepable):
+            return sweep
+    return None
+
+
+def sweepable_experiments() -> list[str]:
+    """The registered experiments that ``igeom sweep`` can run (imports each experiment module: for error messages).
+
+    >>> "seli" in sweepable_experiments()
+    True
+    """
+    from implicit_geometry.experiments import EXPERIMENTS
+
+    return sorted(name for name, module in EXPERIMENTS.items() if _find_sweepable(module) is not None)
+
+
 def load_sweepable(experiment: str) -> Sweepable:
     """The ``SWEEP`` of a registered experiment: looked up in its CLI module, then in that module minus ``_cli``.
 
@@ -66,18 +91,12 @@ def load_sweepable(experiment: str) -> Sweepable:
     """
     from implicit_geometry.experiments import EXPERIMENTS
 
-    if experiment not in EXPERIMENTS:
-        raise InvalidParameterError(f"experiment must be one of {', '.join(sorted(EXPERIMENTS))} (got {experiment!r})")
-    name = EXPERIMENTS[experiment]
-    candidates = [name] + ([name[: -len("_cli")]] if name.endswith("_cli") else [])
-    for module_name in candidates:
-        try:
-            module: ModuleType = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        sweep = getattr(module, "SWEEP", None)
-        if isinstance(sweep, Sweepable):
-            return sweep
-    raise InvalidParameterError(
-        f"experiment must define SWEEP = Sweepable(...) to be swept (got {experiment!r}, which does not; see docs/sweeps.md)"
-    )
+    sweep = _find_sweepable(EXPERIMENTS[experiment]) if experiment in EXPERIMENTS else None
+    if sweep is not None:
+        return sweep
+    choices = ", ".join(sweepable_experiments())
+    if experiment in EXPERIMENTS:  # a registered experiment without SWEEP: it runs with igeom run only
+        raise InvalidParameterError(
+            f"experiment must be one that igeom sweep can run: {choices} (got {experiment!r}, which runs only with: igeom run {experiment})"
+        )
+    raise InvalidParameterError(f"experiment must be one of {choices} (got {experiment!r})")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from implicit_geometry._validation import InvalidParameterError, check_choice, check_int
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_int, one_line
 from implicit_geometry.experiments.base import Interrupted
 from implicit_geometry.io import read_json, write_json
 from implicit_geometry.sweep.spec import Point, SweepSpec, point_id
@@ -237,6 +237,9 @@ def _local(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None,
     pool.shutdown(wait=True)
 
 
+SCHEDULER_TIMEOUT = 30  # seconds to wait for a Dask scheduler to answer
+
+
 def _dask(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, figures: bool) -> Iterator[tuple[Point, dict[str, Any]]]:
     if not tasks:
         return
@@ -248,7 +251,13 @@ def _dask(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, 
 
     cluster = None
     if scheduler:
-        client = Client(scheduler, timeout=30)
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, ValueError, TimeoutError) as exc:  # no scheduler there, or no address: one line, not 80
+            raise InvalidParameterError(
+                f"could not connect to the dask scheduler {scheduler}: {one_line(exc, 160)} "
+                "(--scheduler must be the address of a running Dask scheduler, such as tcp://host:8786)"
+            ) from None
     else:
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.CRITICAL, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -368,6 +377,10 @@ def run_sweep(
         write_table(folder, spec, points)
         _write_timings(timings_path, timings)
         raise SweepInterrupted(folder, done, len(points)) from None
+    except Exception:  # the executor failed to start (no Dask scheduler there): clear the bar, leave the error alone on its line
+        bar.leave = False
+        bar.close()
+        raise
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from implicit_geometry._validation import InvalidParameterError, check_int
+from implicit_geometry._validation import InvalidParameterError, check_int, one_line
 from implicit_geometry.sweep.contract import Sweepable, load_sweepable
 
 LIST_SEPARATOR = ":"
@@ -40,25 +40,37 @@ class SweepSpec:
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> SweepSpec:
-        """A YAML file with keys ``experiment``, ``grid`` (field: [values]), ``set`` (field: value), ``seeds``, ``first_seed``."""
-        import yaml
+        """A YAML file with keys ``experiment``, ``grid`` (field: [values]), ``set`` (field: value), ``seeds``, ``first_seed``.
 
+        Every problem with the file is an :class:`InvalidParameterError` naming it: not YAML (with the parser's
+        line and column), empty, not a mapping, unknown keys, a key given twice, a field both in grid and set.
+        """
         path = Path(path)
         if not path.is_file():
             raise InvalidParameterError(f"sweep file must be an existing YAML file (got {str(path)!r})")
-        with open(path) as fh:
-            d = yaml.safe_load(fh) or {}
+        d = _load_yaml(path)
+        if d is None:
+            raise InvalidParameterError(f"sweep file {path} is empty: it must be a YAML mapping with keys among {FILE_KEYS} (such as experiment: seli)")
         if not isinstance(d, dict):
-            raise InvalidParameterError(f"sweep file must hold a mapping (got {type(d).__name__})")
-        unknown = set(d) - {"experiment", "grid", "set", "seeds", "first_seed"}
+            raise InvalidParameterError(f"sweep file {path} must hold a YAML mapping with keys among {FILE_KEYS} (got {_yaml_kind(d)})")
+        unknown = set(map(str, d)) - set(FILE_KEYS.split(", "))
         if unknown:
-            raise InvalidParameterError(f"sweep file keys must be among experiment, grid, set, seeds, first_seed (got {sorted(unknown)})")
+            raise InvalidParameterError(f"sweep file {path} keys must be among {FILE_KEYS} (got {sorted(unknown)})")
+        experiment = d.get("experiment")
+        if experiment is not None and not isinstance(experiment, str):
+            raise InvalidParameterError(f"sweep file {path} experiment must be a name such as seli (got {experiment!r})")
         grid = d.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
-            raise InvalidParameterError(f"sweep file grid must map fields to lists of values (got {grid!r})")
+            raise InvalidParameterError(f"sweep file {path} grid must map fields to lists of values (got {grid!r})")
+        fixed = d.get("set") or {}
+        if not isinstance(fixed, dict):
+            raise InvalidParameterError(f"sweep file {path} set must map fields to values (got {fixed!r})")
+        both = sorted(set(map(str, grid)) & set(map(str, fixed)))
+        if both:
+            raise InvalidParameterError(f"sweep file {path} must give each field in grid or in set, not both (got {', '.join(both)} in both)")
         return cls(
-            experiment=str(d.get("experiment", "")), grid={str(k): list(v) for k, v in grid.items()},
-            fixed=dict(d.get("set") or {}), seeds=d.get("seeds", 1), first_seed=d.get("first_seed", 0),
+            experiment=experiment or "", grid={str(k): list(v) for k, v in grid.items()},
+            fixed={str(k): v for k, v in fixed.items()}, seeds=d.get("seeds", 1), first_seed=d.get("first_seed", 0),
         )
 
     def normalized(self) -> SweepSpec:
@@ -166,16 +178,79 @@ def parse_value(name: str, value: Any, kind: Any) -> Any:
     return yaml.safe_load(value)
 
 
+def _key_values(items: tuple[str, ...] | list[str], option: str, form: str) -> list[tuple[str, str]]:
+    """``key=value`` items -> [(key, value)], each key once (a repeated key would silently lose a value)."""
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidParameterError(f"{option} must be {form} (got {item!r})")
+        if key in seen:
+            raise InvalidParameterError(f"{option} must give each key once, as one {key}={form.split('=', 1)[1]} (got {seen[key]!r} and {item!r})")
+        seen[key] = item
+        pairs.append((key, value))
+    return pairs
+
+
 def parse_assignments(items: tuple[str, ...] | list[str], option: str) -> dict[str, list[str]]:
-    """``key=v1,v2`` items -> {key: [v1, v2]}.
+    """``key=v1,v2`` items -> {key: [v1, v2]}; a key given twice is an error (one of them would be lost).
 
     >>> parse_assignments(["lr=0.5,1", "dim=4"], "--grid")
     {'lr': ['0.5', '1'], 'dim': ['4']}
     """
-    out: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidParameterError(f"{option} must be KEY=V1,V2,... (got {item!r})")
-        out[key.strip()] = [v.strip() for v in values.split(",") if v.strip() != ""]
-    return out
+    return {key: [v.strip() for v in values.split(",") if v.strip() != ""]
+            for key, values in _key_values(items, option, "KEY=V1,V2,...")}
+
+
+def parse_settings(items: tuple[str, ...] | list[str], option: str = "--set") -> dict[str, str]:
+    """``key=value`` items -> {key: value}, one value each (commas stay: ``counts=20,20,2`` is one list).
+
+    >>> parse_settings(["steps=10", "counts=20,20,2"])
+    {'steps': '10', 'counts': '20,20,2'}
+    """
+    return {key: value.strip() for key, value in _key_values(items, option, "KEY=VALUE")}
+
+
+FILE_KEYS = "experiment, grid, set, seeds, first_seed"
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}.get(type(value), type(value).__name__)
+
+
+def _load_yaml(path: Path) -> Any:
+    """The YAML document of ``path``; a parse error, or a mapping key given twice, is one line naming the file."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # PyYAML keeps the last of repeated keys silently: refuse them
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults": keys given after it override, as meant
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key fails in construct_mapping, with its position
+            if key in seen:
+                mark = key_node.start_mark
+                raise InvalidParameterError(
+                    f"sweep file {path} must give each key once (got {key!r} again at line {mark.line + 1}, column {mark.column + 1})"
+                )
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        with open(path, "rb") as fh:
+            return yaml.load(fh, Loader=Loader)  # a SafeLoader, refusing repeated keys
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        reason = " ".join(str(exc.problem or exc.context or "parse error").split())
+        raise InvalidParameterError(f"sweep file {path} is not valid YAML: {reason}{where}; it must be a YAML mapping with keys among {FILE_KEYS}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidParameterError(f"sweep file {path} is not valid YAML: {one_line(exc, 160)}; it must be a YAML mapping with keys among {FILE_KEYS}") from None

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from implicit_geometry._validation import InvalidParameterError
 from implicit_geometry.io import read_json, write_csv
 from implicit_geometry.sweep.contract import load_sweepable
 from implicit_geometry.sweep.spec import LIST_SEPARATOR, Point, SweepSpec
@@ -48,6 +49,14 @@ def _nested_scalars(value: Any, seed: Any, seeds: Sequence[Any]) -> dict[str, An
     return {}
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    """A point's summary.json or error.json: a JSON object (a hand-edited file is named in one line)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise InvalidParameterError(f"{path} must hold a JSON object written by igeom (got {type(value).__name__}); delete the point folder to rerun it")
+    return value
+
+
 def point_rows(point: Point, folder: Path, spec: SweepSpec) -> list[dict[str, Any]]:
     """The rows of one point (one per seed)."""
     from implicit_geometry.sweep.runner import point_status
@@ -65,8 +74,8 @@ def point_rows(point: Point, folder: Path, spec: SweepSpec) -> list[dict[str, An
         seeds = [cfg[sweep.first_seed_field]]
     else:
         seeds = [None]
-    summary: dict[str, Any] = read_json(folder / "summary.json") if status == "done" else {}
-    error = read_json(folder / "error.json").get("error", "") if status == "failed" else None
+    summary: dict[str, Any] = _read_object(folder / "summary.json") if status == "done" else {}
+    error = _read_object(folder / "error.json").get("error", "") if status == "failed" else None
     per_seed = summary.get("per_seed") if isinstance(summary.get("per_seed"), dict) else {}
     skip = set(sweep.volatile) | {"verdict", "experiment", "per_seed"} | set(config_cols) | seed_keys
     rows = []

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from implicit_geometry._validation import InvalidParameterError, one_line
-from implicit_geometry.io import _atomic_write_bytes, read_csv, read_json, to_jsonable
+from implicit_geometry.io import read_csv, read_json, to_jsonable, write_text
 
 MAX_HEATMAP = 150  # rows/columns above this are left out of the page (a 150x150 map is 22,500 SVG cells)
 MAX_TABLE_ROWS = 5000
@@ -657,5 +657,5 @@ def write_report(folder: Path | str, out: Path | str | None = None) -> Path:
         raise InvalidParameterError(f"folder must be an existing run or sweep folder (got {str(folder)!r})")
     text = build_report(folder)
     path = Path(out) if out is not None else folder / "report.html"
-    _atomic_write_bytes(path, text.encode())
+    write_text(path, text)
     return path

@@ -96,3 +96,10 @@ def test_class_metrics_refuse_coinciding_class_means():
         class_metrics(stats)
     stats["means"][0, 0] += 1e-3  # any spread at all is measured
     assert class_metrics(stats)["nc1"] > 0
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli([*SELI, "--out", run], capsys)[0] == 0
+    code, err = run_cli(["run", "seli", "--resume", run, "--quiet"], capsys)
+    assert code == 0 and "already finished: nothing to resume" in err

@@ -223,7 +223,8 @@ def open_run_folder(
                 f"config.json in {str(folder)!r} was changed after the run started: a resumed run keeps the config it "
                 "started with (only device and checkpoint_seconds may change); start a new run with --out to change it")
         finished = (folder / "summary.json").exists() and not (folder / "checkpoint.pt").exists()
-        return folder, config, read_json(folder / "summary.json") if finished else None
+        # marked, so the command can say there was nothing left to resume
+        return folder, config, {**read_json(folder / "summary.json"), "already_finished": True} if finished else None
     config = (config or config_cls()).validate()
     if precheck is not None:
         precheck(config)

@@ -30,6 +30,8 @@ def emit_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(dumps_json(summary))
         return
+    if summary.get("already_finished"):
+        click.echo("this run had already finished: nothing to resume (its summary follows)", err=True)
     folder = summary.get("folder")
     if folder:
         from pathlib import Path

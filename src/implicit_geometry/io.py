@@ -29,6 +29,10 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def _cannot_write(path: Path, exc: OSError) -> InvalidParameterError:
+    return InvalidParameterError(f"cannot write {str(path)!r}: {exc.strerror or one_line(exc)}")
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -40,7 +44,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:  # a file where a folder is needed, no permission, no space: one line, not a traceback
-        raise InvalidParameterError(f"cannot write {str(path)!r}: {exc.strerror or one_line(exc)}") from None
+        raise _cannot_write(path, exc) from None
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
@@ -52,7 +56,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise InvalidParameterError(f"cannot write {str(path)!r}: {exc.strerror or one_line(exc)}") from None
+            raise _cannot_write(path, exc) from None
         raise
 
 

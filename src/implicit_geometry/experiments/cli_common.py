@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -34,8 +35,6 @@ def emit_summary(summary: dict[str, Any], as_json: bool) -> None:
         click.echo("this run had already finished: nothing to resume (its summary follows)", err=True)
     folder = summary.get("folder")
     if folder:
-        from pathlib import Path
-
         figures = Path(folder) / "figures"
         click.echo(f"run folder: {folder}" + (f"  (figures in {figures})" if figures.is_dir() else ""))
     for line in summary.get("verdict", []):

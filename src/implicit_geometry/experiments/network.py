@@ -78,8 +78,9 @@ class NetworkConfig(ExperimentConfig):
     checkpoint_seconds: float = 60.0
 
     def validate(self) -> NetworkConfig:
-        if not (self.dataset.startswith(("idx:", "cifar10:")) or self.dataset in ("digits", "mnist1d", "fashion-mnist")):
-            check_choice("dataset", self.dataset, ["digits", "mnist1d", "fashion-mnist", "idx:FOLDER", "cifar10:FOLDER"])
+        from implicit_geometry.measure.data import check_dataset
+
+        self.dataset = check_dataset(self.dataset)
         self.width = check_int("width", self.width, minimum=1)
         self.depth = check_int("depth", self.depth, minimum=1)
         self.trunk = check_int("trunk", self.trunk, minimum=0)
@@ -120,7 +121,7 @@ def prepare_data(c: NetworkConfig):
         raise InvalidParameterError(f"per_class must be at most {smallest}, the size of the smallest class of {data.name} "
                                     f"(got {c.per_class}; 0 uses every row)")
     if c.per_class or c.imbalance != "none":
-        n_max = c.per_class or int(data.counts().min())
+        n_max = c.per_class or smallest
         data = data.subset(imbalanced_indices(data.y, profile=c.imbalance, ratio=c.ratio, minority_fraction=c.minority_fraction,
                                               n_max=n_max, seed=c.first_seed))
     return data

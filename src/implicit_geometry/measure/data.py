@@ -163,14 +163,23 @@ def load_cifar10(folder: Path | str, split: str = "train") -> Data:
     return Data(_standardize(np.concatenate(xs) / 255.0), torch.as_tensor(np.concatenate(ys)), "cifar10", 10)
 
 
+BUNDLED = ("digits", "mnist1d", "fashion-mnist")
+
+
+def check_dataset(name: str) -> str:
+    """A data set name :func:`load` takes: a bundled one, or ``idx:FOLDER`` / ``cifar10:FOLDER``."""
+    if not (isinstance(name, str) and (name in BUNDLED or name.startswith(("idx:", "cifar10:")))):
+        check_choice("dataset", name, [*BUNDLED, "idx:FOLDER", "cifar10:FOLDER"])
+    return name
+
+
 def load(name: str, *, split: str = "train", data_dir: str | None = None, mnist1d_samples: int = 5000, seed: int = 0) -> Data:
     """A data set by name (see the module docstring); ``idx:FOLDER`` / ``cifar10:FOLDER`` name a folder."""
+    check_dataset(name)
     if name.startswith("idx:"):
         return load_idx(name[4:], split)
     if name.startswith("cifar10:"):
         return load_cifar10(name[8:], split)
-    if not isinstance(name, str) or name not in ("digits", "mnist1d", "fashion-mnist"):
-        check_choice("dataset", name, ["digits", "mnist1d", "fashion-mnist", "idx:FOLDER", "cifar10:FOLDER"])
     if name in ("digits", "mnist1d") and split != "train":
         raise InvalidParameterError(f"split must be train for {name} (it has one split; got {split!r})")
     if name == "digits":

@@ -46,7 +46,7 @@ class GraphedStep:
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._loss: torch.Tensor | None = None
-        self._eager_steps = 0
+        self._stepped = False  # the first step runs eagerly: it creates the optimizer's lazy state
         self.captures = 0  # how many times a graph was captured (tests and diagnostics)
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -55,12 +55,12 @@ class GraphedStep:
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
         self.opt.step()
-        self._eager_steps += 1
         return loss.detach()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), tuple(y.shape), x.dtype, tuple(g["lr"] for g in self.opt.param_groups))
-        if self.graphs == "off" or self._eager_steps == 0 or (self._key is not None and key[:3] != self._key[:3]):
+        if self.graphs == "off" or not self._stepped or (self._key is not None and key[:3] != self._key[:3]):
+            self._stepped = True
             return self._eager(x, y)  # the first step (lazy optimizer state), or a batch of another size
         if key != self._key:
             self._capture(x, y, key)
@@ -99,7 +99,6 @@ class GraphedStep:
                 for _ in range(WARMUP_STEPS):
                     self._eager(self._x, self._y)
             torch.cuda.current_stream().wait_stream(side)
-        self._eager_steps -= WARMUP_STEPS
         with torch.no_grad():  # undo the warm-up: it must not train
             for t, s in zip(tensors, saved, strict=True):
                 t.copy_(s)

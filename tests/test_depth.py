@@ -108,7 +108,8 @@ def test_read_etf_and_polygon():
     Zp = (P @ P.T)[np.ix_(perm, perm)] * 7
     g = read_geometry(Zp)
     assert g.numerical_rank == 2 and abs(g.effective_rank - 2) < 1e-9 and abs(g.stable_rank - 2) < 1e-9
-    assert np.allclose(g.adjacent_angles, 360 / K) and g.code_distance < 1e-9 and abs(g.code_value_ratio - 1) < 1e-9
+    # the solver's code is exact in value (1e-16) but its points only to about sqrt(eps): a max-min optimum is flat to first order
+    assert np.allclose(g.adjacent_angles, 360 / K) and g.code_distance < 1e-7 and abs(g.code_value_ratio - 1) < 1e-9
     assert g.etf_distance > 0.5
     X = gram_factor(Zp, 2)
     assert np.allclose(X.T @ X, Zp)  # Gram factor reproduces the PSD logits

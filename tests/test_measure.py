@@ -6,8 +6,6 @@ import gzip
 import os
 import pickle
 import struct
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ import torch
 from conftest import stop_after
 from implicit_geometry._validation import InvalidParameterError
 from implicit_geometry.geometry.metrics import nc1, nc2, nc3, nc4
-from implicit_geometry.geometry.targets import seli_geometry, simplex_etf
+from implicit_geometry.geometry.targets import seli_geometry
 from implicit_geometry.measure.accumulators import Agreement, ClassStats, CrossMoments, RowSample
 
 RTOL = 1e-10
@@ -178,7 +176,7 @@ def test_rowsample_merge_keeps_smallest_keys():
 # Metrics against exact geometries, sample-level formulas and invariances
 # ----------------------------------------------------------------------------------------------------------
 from implicit_geometry.measure.metrics import (  # noqa: E402
-    cdnv, class_metrics, debiased_cka, linear_cka, linear_cka_from_moments, mutual_knn, permutation_null,
+    class_metrics, debiased_cka, linear_cka, linear_cka_from_moments, mutual_knn, permutation_null,
 )
 
 
@@ -327,8 +325,6 @@ def _cli(args):
 def test_save_load_model_and_measure_cli(tmp_path, capsys):
     import json
 
-    from implicit_geometry.cli import cli
-
     torch.manual_seed(0)
     net = build("mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=1)
     save_model(tmp_path / "m.pt", net, "mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=1)
@@ -412,6 +408,25 @@ def test_network_weight_decay_normalized(capsys):
     assert _cli(["run", "network", "--weight-decay-normalized", "0", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "applies to batch-normalized networks only" in err and len(err.strip().splitlines()) == 1
+
+
+def test_epoch_measurement_streams_one_layer_with_the_same_numbers():
+    """The per-epoch measurements stream only the penultimate layer (no second D x D scatter for the alignment):
+    every tracked number must equal the one of the full two-layer pass, to the last bit."""
+    from implicit_geometry.experiments.network import EPOCH_LAYERS, TRACKED, NetworkTrainer, prepare_data
+
+    c = NetworkConfig(dataset="digits", per_class=12, width=16, depth=2, batch_norm=True, epochs=1, batch_size=16,
+                      device="cpu").validate()
+    trainer = NetworkTrainer(c, prepare_data(c), 0, torch.device("cpu"))
+    trainer.run_epoch(lambda: False)
+    full = trainer.measure()
+    centers = full["means"]["penultimate"]
+    one, both = trainer.measure(centers=centers, layers=EPOCH_LAYERS), trainer.measure(centers=centers)
+    assert list(one["layers"]) == ["penultimate"] and "logits" in both["layers"]
+    for k in (*TRACKED, "accuracy"):
+        a, b = one["layers"]["penultimate"][k], both["layers"]["penultimate"][k]
+        assert a == b or (np.isnan(a) and np.isnan(b)), k
+    assert np.array_equal(one["mean_logits"], both["mean_logits"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -531,8 +546,6 @@ def test_network_terminal_phase_numbers_come_from_the_history(tmp_path):
 
 
 def test_run_commands_bad_input_and_head_depth(tmp_path, capsys):
-    from implicit_geometry.cli import cli
-
     assert _cli(["run", "network", "--dataset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "dataset must be one of" in capsys.readouterr().err
     assert _cli(["run", "network", "--model", "resnet20", "--batch-norm", "--out", str(tmp_path / "x")]) == 2

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +83,36 @@ def test_out_folder_holding_a_run_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli(["run", "seli", "--steps", "10", "--out", str(tmp_path / "stray")])
     assert exc.value.code == 2 and "holds a checkpoint.pt but no config.json" in capsys.readouterr().err
+
+
+def test_signal_before_training_checkpoints_instead_of_killing(tmp_path, monkeypatch):
+    """A SIGTERM that lands after the run folder exists but before training has started (loading, building) used to
+    kill the process with a config-only folder; now the training loop's first check sees it and checkpoints."""
+    from implicit_geometry.experiments import base
+
+    def unhandled(signum, frame):
+        pytest.fail("SIGTERM reached the default handler: the run would have been killed")
+
+    opened, handler_before = base.open_run_folder, signal.signal(signal.SIGTERM, unhandled)
+
+    def open_then_signal(*args, **kwargs):
+        result = opened(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(base, "open_run_folder", open_then_signal)
+    cfg = SeliConfig(counts=[6, 3, 1, 1], dim=5, steps=200, records=5, device="cpu")
+    try:
+        with pytest.raises(base.Interrupted):
+            run_seli(cfg, tmp_path / "a", progress=False)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the run's handler is gone again
+    finally:
+        signal.signal(signal.SIGTERM, handler_before)
+    assert (tmp_path / "a" / "checkpoint.pt").exists() and not (tmp_path / "a" / "summary.json").exists()
+    monkeypatch.setattr(base, "open_run_folder", opened)
+    resumed = run_seli(resume=tmp_path / "a", progress=False)
+    straight = run_seli(cfg, tmp_path / "b", progress=False)
+    assert resumed["dist_W"] == straight["dist_W"] and resumed["log10_loss"] == straight["log10_loss"]
 
 
 def test_sigterm_checkpoint_and_resume_give_the_same_numbers(tmp_path):

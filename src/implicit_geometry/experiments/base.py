@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import math
 import signal
@@ -31,8 +32,9 @@ DEVICES = ("auto", "cpu", "cuda")
 class Interrupted(Exception):
     """A run stopped on SIGINT/SIGTERM after saving a checkpoint; ``folder`` can be resumed."""
 
-    def __init__(self, folder: Path, step: int) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint saved, resume with --resume {folder}")
+    def __init__(self, folder: Path, step: int, unit: str = "step") -> None:
+        # unit: what ``step`` counts (optimizer steps, epochs, finished configurations), so the message reads right
+        super().__init__(f"interrupted after {step} {unit}{'' if step == 1 else 's'}; checkpoint saved, resume with --resume {folder}")
         self.folder = folder
         self.step = step
 
@@ -54,8 +56,17 @@ def check_not_diverged(loss: float, where: str) -> None:
         raise InvalidParameterError(f"lr must be smaller for this problem: training diverged (non-finite loss) {where}")
 
 
+_ACTIVE_FLAGS: list[StopFlag] = []
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[StopFlag]:
+    """SIGINT/SIGTERM set the yielded flag instead of killing the process. Nested uses share the outermost flag, so
+    a signal that arrives while a run is still opening its folder or loading data is seen by the training loop,
+    which then checkpoints and stops, instead of killing the process half-way."""
+    if _ACTIVE_FLAGS:
+        yield _ACTIVE_FLAGS[0]
+        return
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -65,11 +76,25 @@ def interruptible() -> Iterator[StopFlag]:
         flag.requested = True
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _ACTIVE_FLAGS.append(flag)
     try:
         yield flag
     finally:
+        _ACTIVE_FLAGS.pop()
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def signals_from_start(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a ``run_*`` function so SIGINT/SIGTERM are caught from its first line: a signal that arrives while
+    the run opens its folder or loads data is seen by the training loop's first check (checkpoint, then stop)."""
+
+    @functools.wraps(run)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with interruptible():
+            return run(*args, **kwargs)
+
+    return wrapped
 
 
 @contextlib.contextmanager
@@ -232,3 +257,32 @@ def open_run_folder(
     write_json(folder / "config.json", config.to_dict())
     write_text(folder / CONFIG_DIGEST, config_digest(config) + "\n")
     return folder, config, None
+
+
+@signals_from_start
+def run_experiment(
+    experiment: str,
+    config_cls: type,
+    run_cls: Callable[[Any, Path], Any],
+    config: Any | None,
+    out: Path | str | None,
+    resume: Path | str | None,
+    *,
+    work: Callable[[Any, Any], None],
+    finish: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """The driver of the experiments whose state is one run object: open (or resume) the run folder, build
+    ``run_cls(config, folder)``, restore its checkpoint if there is one, ``work(run, restored)`` (``restored``: what
+    ``load_checkpoint`` returned, None for a new run), then ``finish(run)`` with signals held back, so an interrupt
+    cannot leave a half-finished folder. Returns the summary with the run's ``folder``. Signals are caught from the
+    start (:func:`signals_from_start`)."""
+    folder, config, finished = open_run_folder(experiment, config_cls, config, out, resume)
+    if finished is not None:
+        return finished
+    run = run_cls(config, folder)
+    restored = run.load_checkpoint() if (folder / "checkpoint.pt").exists() else None
+    work(run, restored)
+    with finishing():
+        summary = finish(run)
+    summary["folder"] = str(folder)
+    return summary

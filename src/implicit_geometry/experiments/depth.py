@@ -29,11 +29,10 @@ from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
-    finishing,
     interruptible,
-    open_run_folder,
     progress_bar,
     resolve_device,
+    run_experiment,
 )
 from implicit_geometry.geometry.metrics import effective_rank, normalized_distance
 from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
@@ -381,17 +380,8 @@ def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, 
               progress: bool = True, figures: bool = True) -> dict[str, Any]:
     """Run (or resume) the depth sweep; returns the summary (also in ``summary.json``).
     ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
-    folder, config, finished = open_run_folder("depth", DepthConfig, config, out, resume)
-    if finished is not None:
-        return finished
-    run = DepthRun(config, folder)
-    if (folder / "checkpoint.pt").exists():
-        run.load_checkpoint()
-    run.train(progress=progress)
-    with finishing():
-        summary = run.finish(figures=figures)
-    summary["folder"] = str(folder)
-    return summary
+    return run_experiment("depth", DepthConfig, DepthRun, config, out, resume,
+                          work=lambda run, _: run.train(progress=progress), finish=lambda run: run.finish(figures=figures))
 
 
 # ``igeom sweep depth``: each point is one run over its (d, L) cells, seeds batched in one simulation per cell.

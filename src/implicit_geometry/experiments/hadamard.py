@@ -47,10 +47,9 @@ from implicit_geometry.dynamics.reduced import (
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
-    finishing,
     interruptible,
-    open_run_folder,
     progress_bar,
+    run_experiment,
 )
 from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 
@@ -225,7 +224,7 @@ class HadamardRun:
             for unit in todo:
                 if stop.requested:
                     self.save_checkpoint()
-                    raise Interrupted(self.folder, len(self.results))
+                    raise Interrupted(self.folder, len(self.results), "finished unit")
                 t0 = time.perf_counter()
                 self.results[self.key(*unit)] = self.run_unit(*unit)
                 self.seconds += time.perf_counter() - t0
@@ -493,14 +492,5 @@ def run_hadamard(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the hadamard experiment; returns the summary (also written to ``summary.json``)."""
-    folder, config, finished = open_run_folder("hadamard", HadamardConfig, config, out, resume)
-    if finished is not None:
-        return finished
-    run = HadamardRun(config, folder)
-    if (folder / "checkpoint.pt").exists():
-        run.load_checkpoint()
-    run.compute(progress=progress)
-    with finishing():
-        summary = run.finish()
-    summary["folder"] = str(folder)
-    return summary
+    return run_experiment("hadamard", HadamardConfig, HadamardRun, config, out, resume,
+                          work=lambda run, _: run.compute(progress=progress), finish=lambda run: run.finish())

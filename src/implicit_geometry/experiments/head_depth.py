@@ -25,6 +25,7 @@ from implicit_geometry.experiments.base import (
     open_run_folder,
     progress_bar,
     resolve_device,
+    signals_from_start,
 )
 from implicit_geometry.experiments.network import NetworkConfig, NetworkTrainer, prepare_data
 from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
@@ -55,6 +56,7 @@ class HeadDepthConfig(ExperimentConfig):
 
 
 
+@signals_from_start
 def run_head_depth(config: HeadDepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,
                    progress: bool = True) -> dict[str, Any]:
     folder, config, finished = open_run_folder("head-depth", HeadDepthConfig, config, out, resume,
@@ -85,7 +87,7 @@ def run_head_depth(config: HeadDepthConfig | None = None, out: Path | str | None
                     write_torch(folder / "checkpoint.pt", {"rows": rows, "trainer": trainer.state_dict(), "seconds": seconds})
                     last = time.perf_counter()
                     if stop.requested:
-                        raise Interrupted(folder, len(rows))
+                        raise Interrupted(folder, len(rows), "finished configuration")
                     continue
                 check_not_diverged(trainer.end_epoch(), f"in epoch {trainer.epoch} (depth {c.depth}, width {c.width})")
                 bar.update(1)

@@ -22,11 +22,10 @@ from implicit_geometry._validation import InvalidParameterError, check_choice, c
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
-    finishing,
     interruptible,
-    open_run_folder,
     progress_bar,
     resolve_device,
+    run_experiment,
 )
 from implicit_geometry.geometry.batched import GeometryDistances
 from implicit_geometry.geometry.targets import step_imbalance_counts
@@ -352,18 +351,10 @@ def run_imbalance(
 ) -> dict[str, Any]:
     """Run (or resume) the imbalance sweep; returns the summary (also written to ``summary.json``).
     ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
-    sim_state = None
-    folder, config, finished = open_run_folder("imbalance", ImbalanceConfig, config, out, resume)
-    if finished is not None:
-        return finished
-    run = ImbalanceRun(config, folder)
-    if (folder / "checkpoint.pt").exists():
-        sim_state = run.load_checkpoint()
-    run.train(progress=progress, sim_state=sim_state)
-    with finishing():
-        summary = run.finish(figures=figures)
-    summary["folder"] = str(folder)
-    return summary
+    # load_checkpoint returns the simulator's state, which train() restores
+    return run_experiment("imbalance", ImbalanceConfig, ImbalanceRun, config, out, resume,
+                          work=lambda run, sim_state: run.train(progress=progress, sim_state=sim_state),
+                          finish=lambda run: run.finish(figures=figures))
 
 
 # ``igeom sweep imbalance``: each point is one run (its R/rho points trained one after the other, seeds batched).

@@ -23,11 +23,10 @@ from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
     check_not_diverged,
-    finishing,
     interruptible,
-    open_run_folder,
     progress_bar,
     resolve_device,
+    run_experiment,
 )
 from implicit_geometry.io import read_torch, write_csv, write_json, write_npz, write_torch
 from implicit_geometry.sweep.contract import Sweepable
@@ -367,20 +366,13 @@ def run_ntp(config: NtpConfig | None = None, out: Path | str | None = None, *, r
             figures: bool = True) -> dict[str, Any]:
     """Run (or resume) the ntp experiment; returns the summary (also written to ``summary.json``).
     ``figures=False`` skips the matplotlib figures (``igeom sweep`` does, unless ``--figures``)."""
-    folder, config, finished = open_run_folder("ntp", NtpConfig, config, out, resume)
-    if finished is not None:
-        return finished
-    run = NtpRun(config, folder)
-    if (folder / "checkpoint.pt").exists():
-        run.load_checkpoint()
-    if run.bilinear is None:
-        run.bilinear = run.run_bilinear()
-        run.save_checkpoint()
-    run.train(progress)
-    with finishing():
-        summary = run.finish(figures=figures)
-    summary["folder"] = str(folder)
-    return summary
+    def work(run: NtpRun, _: Any) -> None:
+        if run.bilinear is None:  # the log-bilinear reference first, checkpointed before the embedding training
+            run.bilinear = run.run_bilinear()
+            run.save_checkpoint()
+        run.train(progress)
+
+    return run_experiment("ntp", NtpConfig, NtpRun, config, out, resume, work=work, finish=lambda run: run.finish(figures=figures))
 
 
 # ``igeom sweep ntp``: one transformer per point and seed (``seeds`` is 1 here, so the sweep's seeds go through

@@ -25,6 +25,7 @@ from implicit_geometry.experiments.base import (
     open_run_folder,
     progress_bar,
     resolve_device,
+    run_experiment,
     threads_for,
 )
 from implicit_geometry.geometry.batched import GeometryDistances
@@ -284,17 +285,8 @@ def run_seli(
 
     Raises :class:`Interrupted` after saving a checkpoint if SIGINT/SIGTERM arrives during training.
     """
-    folder, config, finished = open_run_folder("seli", SeliConfig, config, out, resume)
-    if finished is not None:
-        return finished
-    run = SeliRun(config, folder)
-    if (folder / "checkpoint.pt").exists():
-        run.load_checkpoint()
-    run.train(progress=progress)
-    with finishing():
-        summary = run.finish(figures=figures)
-    summary["folder"] = str(folder)
-    return summary
+    return run_experiment("seli", SeliConfig, SeliRun, config, out, resume,
+                          work=lambda run, _: run.train(progress=progress), finish=lambda run: run.finish(figures=figures))
 
 
 # Fields that may differ between runs of one simulation: per-run step parameters, initialization, seeds.

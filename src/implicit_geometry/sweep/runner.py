@@ -253,9 +253,11 @@ def _dask(experiment: str, tasks: list[Task], jobs: int, scheduler: str | None, 
     if scheduler:
         try:
             client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-        except (OSError, ValueError, TimeoutError) as exc:  # no scheduler there, or no address: one line, not 80
+        # no scheduler there or no address (OSError, ValueError, TimeoutError), or Dask's own event-loop thread not
+        # starting in its 10 s on a loaded machine (a bare AssertionError): one line, not 80
+        except Exception as exc:
             raise InvalidParameterError(
-                f"could not connect to the dask scheduler {scheduler}: {one_line(exc, 160)} "
+                f"could not connect to the dask scheduler {scheduler}: {one_line(exc, 160) or type(exc).__name__} "
                 "(--scheduler must be the address of a running Dask scheduler, such as tcp://host:8786)"
             ) from None
     else:

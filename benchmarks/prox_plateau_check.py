@@ -10,7 +10,7 @@ is capped by ``DTMAX`` and by a whole-step length ``CAP * eta * ||theta||``. Fin
 
     OMP_NUM_THREADS=1 DTMAX=10 CAP=10 python benchmarks/prox_plateau_check.py 6      # depths, 5 seeds, paper setting
 """
-import math, os, sys, time, json
+import os, sys, time, json
 import torch
 from implicit_geometry.depth.stepping import PathSimulator, softmax_root, logit_kernel, tangent_logits
 from implicit_geometry.models.ufm import DeepUFM

@@ -6,7 +6,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from conftest import stop_after
@@ -15,10 +14,8 @@ from implicit_geometry.geometry.metrics import normalized_distance
 from implicit_geometry.ntp.corpus import (
     context_statistics,
     hierarchical_corpus,
-    markov_sequence,
     planted_hierarchy,
     planted_supports,
-    stats_from_distributions,
     support_groups,
     tokenize,
 )

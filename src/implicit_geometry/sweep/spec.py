@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from implicit_geometry._validation import InvalidParameterError, check_int, one_line
-from implicit_geometry.sweep.contract import Sweepable, load_sweepable
+from implicit_geometry.sweep.contract import load_sweepable
 
 LIST_SEPARATOR = ":"
 

@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -635,3 +636,37 @@ def test_signal_while_finishing_lets_the_run_complete(tmp_path, monkeypatch):
     summary = run_network(NetworkConfig(**cfg), tmp_path / "a", progress=False)
     assert (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "a" / "checkpoint.pt").exists()
     assert summary["epochs"] == 2
+
+
+def test_benchmark_network_recipes_are_what_their_comments_say(tmp_path, monkeypatch):
+    """The full-60k recipes of benchmarks/bench_measure.py go through `igeom run network` as written: the configs they
+    build drop the learning rate at the epochs the docs quote (a repeated option: the later one wins)."""
+    import importlib.util
+
+    from implicit_geometry.experiments import network
+
+    spec = importlib.util.spec_from_file_location("bench_measure", Path(__file__).parent.parent / "benchmarks" / "bench_measure.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    configs = {}
+
+    class Built(Exception):
+        pass
+
+    def capture(config, out, progress=True):
+        configs[name] = config
+        raise Built
+
+    monkeypatch.setattr(network, "run_network", capture)
+    for name, recipe in bench.NETWORK_RECIPES.items():
+        with pytest.raises(Built):
+            _cli(["run", "network", *recipe, "--out", str(tmp_path / name)])
+
+    def drop_epochs(c):
+        return [e for e in range(1, c.epochs) if network.scheduled_lr(c, e) < network.scheduled_lr(c, e - 1)]
+
+    cpu, gpu = configs["cpu"], configs["gpu"]
+    assert (cpu.model, cpu.width, cpu.depth, cpu.batch_norm, cpu.per_class, cpu.batch_size) == ("mlp", 512, 3, True, 0, 128)
+    assert (cpu.weight_decay, cpu.weight_decay_normalized, cpu.epochs, cpu.measure_every) == (2e-3, 0.0, 1600, 2)
+    assert drop_epochs(cpu) == [10, 950, 1500]
+    assert (gpu.model, gpu.width, gpu.epochs, gpu.measure_every) == ("resnet20", 32, 110, 1) and drop_epochs(gpu) == [24]

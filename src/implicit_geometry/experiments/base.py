@@ -56,7 +56,7 @@ def check_not_diverged(loss: float, where: str) -> None:
         raise InvalidParameterError(f"lr must be smaller for this problem: training diverged (non-finite loss) {where}")
 
 
-_ACTIVE_FLAGS: list[StopFlag] = []
+_active_flag: StopFlag | None = None  # the outermost interruptible()'s flag while its handlers are installed
 
 
 @contextlib.contextmanager
@@ -64,8 +64,9 @@ def interruptible() -> Iterator[StopFlag]:
     """SIGINT/SIGTERM set the yielded flag instead of killing the process. Nested uses share the outermost flag, so
     a signal that arrives while a run is still opening its folder or loading data is seen by the training loop,
     which then checkpoints and stops, instead of killing the process half-way."""
-    if _ACTIVE_FLAGS:
-        yield _ACTIVE_FLAGS[0]
+    global _active_flag
+    if _active_flag is not None:
+        yield _active_flag
         return
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
@@ -76,11 +77,11 @@ def interruptible() -> Iterator[StopFlag]:
         flag.requested = True
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _ACTIVE_FLAGS.append(flag)
+    _active_flag = flag
     try:
         yield flag
     finally:
-        _ACTIVE_FLAGS.pop()
+        _active_flag = None
         for sig, old in previous.items():
             signal.signal(sig, old)
 

@@ -20,6 +20,15 @@ from implicit_geometry.depth.codes import (
     simplex_code,
     softmax_code,
 )
+from implicit_geometry.depth.curvature import (
+    GaussNewtonSystem,
+    directional_chain,
+    hessian_vector_product,
+    logit_hessian_apply,
+    param_dot,
+    softmax_root,
+    tangent_logits,
+)
 from implicit_geometry.depth.efficiency import (
     balanced_factors,
     class_margin,
@@ -30,13 +39,7 @@ from implicit_geometry.depth.efficiency import (
     overtaking_depth,
 )
 from implicit_geometry.depth.reading import adjacent_angles, code_distance, gram_factor, numerical_rank, read_geometry
-from implicit_geometry.depth.stepping import (
-    PathSimulator,
-    implicit_euler_step,
-    second_order_logits,
-    softmax_root,
-    tangent_logits,
-)
+from implicit_geometry.depth.stepping import PathSimulator, backward_euler_step
 from implicit_geometry.geometry.metrics import effective_rank, normalized_distance
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.losses import CrossEntropy
@@ -244,29 +247,84 @@ def test_path_stepping_runs_at_depth_where_gd_diverges():
     assert all(torch.equal(F[0], F0[0]) for F, F0 in zip(path.model.factors, before))
 
 
-def test_implicit_euler_step_solves_its_equation():
-    """``(I + dt J^T S J) step = -dt g`` checked through forward/backward products (no kernel assembly), with a
-    weighted, shifted loss; and the second-order logit coefficient against a central difference."""
+def _gradient(m, loss):
+    chain = m.forward_chain()
+    G, ls = loss.scaled_gradient(chain[-1])
+    g = G * torch.exp(ls)[:, None, None]
+    return chain, g, m.backward(chain, g)
+
+
+def _shifted_weighted_loss():
+    return CrossEntropy(np.arange(4), 4, weights=[1.0, 2.0, 0.5, 1.5], additive=[0.1, 0.0, -0.2, 0.3])
+
+
+def _direction(m, seed=0):
+    return [torch.randn(F.shape, dtype=F.dtype, generator=torch.Generator().manual_seed(seed + i)) for i, F in enumerate(m.factors)]
+
+
+def test_hessian_vector_product_matches_finite_differences():
+    """The hand-written forward-over-reverse product against central differences of the gradient and against
+    autograd's double backward, with a weighted, shifted loss (the Gauss-Newton part alone would fail: the residual
+    part is of the same size at these logits)."""
+    m, _ = _small(L=3, std=0.8, K=4, d=5)
+    loss = _shifted_weighted_loss()
+    v = _direction(m)
+    chain, g, _ = _gradient(m, loss)
+    Hv = hessian_vector_product(m, chain, g, softmax_root(loss, chain[-1]), v)
+    eps = 1e-5
+    plus = _gradient(DeepUFM([F + eps * u for F, u in zip(m.factors, v)]), loss)[2]
+    minus = _gradient(DeepUFM([F - eps * u for F, u in zip(m.factors, v)]), loss)[2]
+    for h, a, b in zip(Hv, plus, minus):
+        assert torch.allclose(h, (a - b) / (2 * eps), atol=1e-7 * float(h.abs().max()))
+    factors = [F.clone().requires_grad_(True) for F in m.factors]
+    total = torch.exp(loss.log_loss(DeepUFM(factors).logits())).sum()
+    grads = torch.autograd.grad(total, factors, create_graph=True)
+    auto = torch.autograd.grad(grads, factors, v)
+    for h, a in zip(Hv, auto):
+        assert torch.allclose(h, a, atol=1e-10 * float(a.abs().max()))
+    S_Jv = logit_hessian_apply(softmax_root(loss, chain[-1]), directional_chain(m, chain, v)[-1])
+    gn_only = m.backward(chain, S_Jv)
+    assert max(float((h - x).abs().max()) for h, x in zip(Hv, gn_only)) > 1e-3 * max(float(h.abs().max()) for h in Hv)
+
+
+def test_gauss_newton_inverse_solves_its_system():
+    """``x = (I + dt J^T S J)^{-1} v`` checked by applying ``I + dt J^T S J`` through forward/backward products."""
     m, _ = _small(L=3, std=0.7, K=4, d=5)
-    loss = CrossEntropy(np.arange(4), 4, weights=[1.0, 2.0, 0.5, 1.5], additive=[0.1, 0.0, -0.2, 0.3])
+    loss = _shifted_weighted_loss()
     chain = m.forward_chain()
     dt = torch.tensor([0.3, 5.0], dtype=torch.float64)
-    step = implicit_euler_step(m, loss, chain, dt, geodesic=False)
-    G, ls = loss.scaled_gradient(chain[-1])
-    g = m.backward(chain, G * torch.exp(ls)[:, None, None])
-    Jv = tangent_logits(m, chain, [-s for s in step])
-    C = softmax_root(loss, chain[-1])
-    SJv = torch.einsum("bica,bida,bdi->bci", C, C, Jv)
-    p = torch.softmax(loss.adjusted_logits(chain[-1]), dim=1)  # independent Hessian-vector product
-    w = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)[torch.arange(4)]
-    assert torch.allclose(SJv, w * (p * Jv - p * (p * Jv).sum(1, keepdim=True)), atol=1e-12)
-    for s, a, gg in zip(step, m.backward(chain, SJv), g):
-        assert torch.allclose(s + dt[:, None, None] * a, -dt[:, None, None] * gg, atol=1e-10 * float(gg.abs().max()))
-    v = [torch.randn(F.shape, dtype=F.dtype, generator=torch.Generator().manual_seed(i)) for i, F in enumerate(m.factors)]
-    t = 1e-3
-    Zt = [DeepUFM([F + u * x for F, x in zip(m.factors, v)]).logits() for u in (t, -t)]
-    central = (Zt[0] + Zt[1] - 2 * chain[-1]) / (2 * t * t)
-    assert torch.allclose(second_order_logits(m, v), central, atol=1e-5 * float(central.abs().max()))
+    system = GaussNewtonSystem(m, loss, chain, dt)
+    v = _direction(m, 7)
+    x = system.inverse(v)
+    SJx = logit_hessian_apply(system.C, directional_chain(m, chain, x)[-1])
+    for xx, a, vv in zip(x, m.backward(chain, SJx), v):
+        assert torch.allclose(xx + dt[:, None, None] * a, vv, atol=1e-10 * float(vv.abs().max()))
+
+
+def test_backward_euler_step_solves_its_equation():
+    """``theta + dt grad L(theta) = theta_k`` at the returned point, the loss did not rise, and a tiny dt gives the
+    explicit Euler step to first order; from a rank-1 saddle of the paper's kind, where the Gauss-Newton model is poor."""
+    labels = np.repeat(np.arange(4), 2)
+    loss = CrossEntropy(labels, 4)
+    m = DeepUFM.random(num_classes=4, num_samples=8, dim=8, depth=6, batch=1, init_std=0.15, seeds=[0])
+    sim = PathSimulator(m, loss, eta=0.01, plateau=False)
+    with torch.no_grad():
+        for _ in range(200):
+            sim.update()
+    base = sim.model
+    for dt in (0.05, 1.0):
+        new, iterations = backward_euler_step(base, loss, dt)
+        assert new is not None and iterations >= 1
+        _, _, g = _gradient(new, loss)
+        resid = [t + dt * gg - b for t, gg, b in zip(new.factors, g, base.factors)]
+        step = [t - b for t, b in zip(new.factors, base.factors)]
+        assert math.sqrt(float(param_dot(resid, resid)[0])) < 1e-6 * math.sqrt(float(param_dot(step, step)[0]))
+        assert float(loss.log_loss(new.logits())[0]) <= float(loss.log_loss(base.logits())[0])
+    tiny = 1e-7
+    new, _ = backward_euler_step(base, loss, tiny)
+    _, _, g0 = _gradient(base, loss)
+    for t, b, gg in zip(new.factors, base.factors, g0):
+        assert torch.allclose((t - b) / tiny, -gg, atol=1e-3 * float(gg.abs().max()))
 
 
 def _margins(Z, labels):
@@ -391,11 +449,10 @@ def test_depth_flags_diverged_runs_without_nan(tmp_path):
 
 
 def test_depth_cli_errors_and_run(tmp_path):
-    from implicit_geometry.cli import main
-
     import subprocess
     import sys
 
+    from implicit_geometry.cli import main
     from implicit_geometry.experiments.depth import DepthConfig
     from implicit_geometry.experiments.depth_cli import _int_list
 

@@ -20,22 +20,27 @@ small modes is slow in flow time. Any explicit step that follows gradient flow i
 curvature there (the cap above drops to ~1e-3 of ``eta ||theta||``), so escaping takes ~1e5 steps. A run is
 declared *on a plateau* when, at a window mark (every ``window`` steps), it still misclassifies a sample (smallest
 margin <= 0: no terminal geometry), the curvature cap binds hard (``< stiff_ratio * eta ||theta||``) and its
-log-loss fell by less than ``flat_tol`` over the window. Such a run is integrated by **linearly implicit Euler**
-on gradient flow with the Gauss-Newton curvature,
+log-loss fell by less than ``flat_tol`` over the window. Such a run is integrated by **backward Euler** on
+gradient flow, ``theta_{k+1} = theta_k - dt grad L(theta_{k+1})``, i.e. the proximal problem
+``min L(theta) + ||theta - theta_k||^2 / (2 dt)``, solved by Newton's method (:func:`backward_euler_step`): conjugate
+gradients on ``(H + I/dt) x = -r`` with the exact Hessian-vector product, preconditioned by the Gauss-Newton
+system ``I/dt + J^T S J`` (S the per-sample softmax Hessian), which is factorized through the logit kernel (one
+``(NK) x (NK)`` Cholesky per run, push-through identity). Backward Euler is L-stable: the stiff directions sit on
+their slow manifold whatever dt, and the slow escape is followed with steps limited by accuracy alone, the same
+rule as the explicit steps: a step may move the factors by at most ``eta ||theta||`` (a longer one is refused and
+dt shrinks in proportion, a shorter one lets dt grow, at most 2x); a step whose Newton iteration does not converge
+(dt beyond what the saddle's negative curvature allows) is retried at half the flow time. As ``eta -> 0`` it
+converges to gradient flow like the explicit rule. A run leaves plateau mode once every sample has been classified
+for a whole window and explicit steps cover at least ``1/exit_ratio`` of the implicit step's flow time.
 
-    dtheta = -dt (I + dt J^T S J)^{-1} g,        S = blockdiag_i Hess_softmax(z_i),
+Why Newton and not Gauss-Newton: on the saddle the misclassified samples keep O(1) gradients on large factors, so
+the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the linearly implicit Euler step of
+sessions 2-8 (one Gauss-Newton solve) was accepted only up to dt ~ 0.01-0.03 and diverged beyond, and Gauss-Newton
+iterations on the proximal problem accept 1/16-1/64 of their steps; Newton converges in 4-8 iterations.
 
-solved exactly through the logit-space kernel (``(NK) x (NK)`` Cholesky, push-through identity). It is
-L-stable: stiff directions relax to the ravine floor instead of oscillating, while directions whose curvature is
-small against ``1/dt`` move as gradient flow (``dtheta = -dt g + O(dt^2)``), so the slow escape is followed with
-steps limited only by accuracy: ``||dtheta|| <= eta ||theta||``, a step that would raise the loss is rejected
-(``dt /= 4``), an accepted one lets ``dt`` grow by 1.5 (or shrink to the capped length). As ``eta -> 0`` it
-converges to gradient flow like the explicit rule. A run leaves plateau mode as soon as every sample is
-classified correctly (margin > 0); the terminal phase then runs on the path step again.
-
-Measured (paper setting): every run at L = 6 and 4/5 at L = 7 escape within the default budget of 600 implicit
-steps per run; at L = 8-10 the accepted ``dt`` stays ~0.01-0.03 (the loss is far from quadratic along longer
-steps) while the escape's flow time grows like ``s^-(L-1)``, so they do not (see docs/depth.md).
+Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-200
+backward-Euler steps per run); at L = 10 the escape needs a flow time of ~300 units with sigma_1 growing past 1e8,
+beyond the default budget of 300 steps (docs/depth.md, ``benchmarks/saddle_escape.py``).
 
 Heavy-ball and Nesterov steps in place of the implicit ones were tried and rejected: with a restart on loss
 increase they follow gradient flow but are ~10x slower than the implicit steps at L = 6 and do not escape at
@@ -51,7 +56,20 @@ import math
 
 import torch
 
+from implicit_geometry.depth.curvature import (
+    GaussNewtonSystem,
+    Params,
+    hessian_vector_product,
+    logit_kernel,
+    param_dot,
+    param_norm,
+    softmax_root,
+    tangent_logits,
+)
+from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.simulator import Simulator
+
+__all__ = ["PathSimulator", "backward_euler_step", "logit_kernel", "logit_spread", "softmax_root", "tangent_logits"]
 
 
 def logit_spread(Z: torch.Tensor) -> torch.Tensor:
@@ -59,124 +77,99 @@ def logit_spread(Z: torch.Tensor) -> torch.Tensor:
     return (Z.amax(dim=-2) - Z.amin(dim=-2)).amax(dim=-1)
 
 
-def tangent_logits(model, chain: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-    """``dZ/dt`` under gradient flow ``dtheta/dt = -grads``: the forward-mode derivative of ``Z`` (B x k x N)."""
-    T = -grads[0]
-    for l in range(1, len(model.factors)):
-        T = model.factors[l] @ T - grads[l] @ chain[l - 1]
-    return T
+def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20,
+                        max_cg: int = 100) -> tuple[DeepUFM | None, int]:
+    """One backward-Euler step of gradient flow for a single run (batch of one), ``theta = theta_k - dt grad L(theta)``,
+    solved as the proximal problem ``min L(theta) + ||theta - theta_k||^2 / (2 dt)`` by Newton's method. Returns the
+    new model and the Newton iterations used, or ``(None, iterations)`` if Newton did not converge (take a smaller dt).
+
+    Each Newton system ``(H + I/dt) x = -r`` (H the exact Hessian, by
+    :func:`~implicit_geometry.depth.curvature.hessian_vector_product`; r the proximal gradient) is solved by conjugate
+    gradients preconditioned with the Gauss-Newton system ``I/dt + J^T S J`` (one N k Cholesky), truncated where CG
+    meets negative curvature, then backtracked (Armijo) on the proximal objective, so the loss never rises.
+    Gauss-Newton iterations alone are not enough on the saddle plateaus this is for: misclassified samples keep O(1)
+    gradients on large factors, the residual part of the Hessian matters, and Gauss-Newton steps are accepted only
+    at 1/16-1/64 of their length (tens of iterations per step, against 5-8 for Newton; docs/depth.md). Converged when
+    the Gauss-Newton correction is below ``1e-10 ||theta||``, or when no decrease is left that double precision can
+    resolve."""
+    base = [F.clone() for F in model.factors]
+    theta = [F.clone() for F in model.factors]
+    scale = math.sqrt(float(param_dot(theta, theta)[0]))
+    for it in range(max_newton):
+        sub = DeepUFM(theta)
+        chain = sub.forward_chain()
+        G, log_scale = loss.scaled_gradient(chain[-1])
+        g_logits = G * torch.exp(log_scale)[:, None, None]
+        r = [g + (t - b) / dt for g, t, b in zip(sub.backward(chain, g_logits), theta, base)]
+        system = GaussNewtonSystem(sub, loss, chain, torch.full((1,), dt, dtype=theta[0].dtype, device=theta[0].device))
+        if bool(system.failed.any()):
+            return None, it
+        z = [dt * x for x in system.inverse([-x for x in r])]  # the Gauss-Newton correction (I/dt + J^T S J)^{-1} (-r)
+        if not math.isfinite(float(param_norm(z)[0])):
+            return None, it
+        if float(param_norm(z)[0]) <= 1e-8 * scale:
+            return DeepUFM(theta), it
+        x = [torch.zeros_like(t) for t in theta]
+        res = [-v for v in r]
+        p, rz = z, float(param_dot(res, z)[0])
+        r0 = math.sqrt(max(rz, 0.0))
+        for j in range(max_cg):
+            Ap = [h + v / dt for h, v in zip(hessian_vector_product(sub, chain, g_logits, system.C, p), p)]
+            pAp = float(param_dot(p, Ap)[0])
+            if not pAp > 0:  # negative curvature: keep the CG iterate so far (the Gauss-Newton step if none)
+                if j == 0:
+                    x = z
+                break
+            a = rz / pAp
+            x = [u + a * w for u, w in zip(x, p)]
+            res = [u - a * w for u, w in zip(res, Ap)]
+            zc = [dt * v for v in system.inverse(res)]
+            rz_new = float(param_dot(res, zc)[0])
+            if math.sqrt(max(rz_new, 0.0)) <= 1e-2 * r0:
+                break
+            p = [u + (rz_new / rz) * w for u, w in zip(zc, p)]
+            rz = rz_new
+        slope = float(param_dot(r, x)[0])
+        phi0 = _proximal_objective(theta, loss, base, dt)
+        if not slope < 0:
+            return None, it + 1
+        if -slope <= 1e-13 * abs(phi0):  # no decrease left that double precision can resolve
+            return DeepUFM(theta), it + 1
+        alpha = 1.0
+        for _ in range(40):
+            cand = [t + alpha * u for t, u in zip(theta, x)]
+            phi = _proximal_objective(cand, loss, base, dt)
+            if math.isfinite(phi) and phi <= phi0 + 1e-4 * alpha * slope:
+                break
+            alpha *= 0.5
+        else:
+            return None, it + 1
+        theta = cand
+    return None, max_newton
 
 
-def softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
-    """Per sample a square root ``C_i`` (k x k) of the CE Hessian in the logits, ``C_i C_i^T = d^2 loss / dz_i^2``.
-
-    Returned as B x N x k x k. For plain CE ``Hess_i = diag(p_i) - p_i p_i^T = C_i C_i^T`` with
-    ``C_i = diag(sqrt p_i) - p_i sqrt(p_i)^T`` (``sum p = 1``); sample weights and multiplicative adjustments
-    (``z' = Delta z + iota``) enter as ``sqrt(w_i) diag(Delta_i)``.
-
-    >>> import torch
-    >>> from implicit_geometry.train.losses import CrossEntropy
-    >>> Z = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]]], dtype=torch.float64)
-    >>> C = softmax_root(CrossEntropy([0, 1], 3), Z)
-    >>> p = torch.softmax(Z[0, :, 0], 0)
-    >>> bool(torch.allclose(C[0, 0] @ C[0, 0].T, torch.diag(p) - torch.outer(p, p)))
-    True
-    """
-    Zp = loss.adjusted_logits(Z)
-    p = torch.softmax(Zp, dim=-2).transpose(-1, -2)  # B x N x k
-    sp = p.sqrt()
-    C = torch.diag_embed(sp) - p[..., :, None] * sp[..., None, :]
-    scale = torch.exp(0.5 * loss._log_sample)[None, :, None, None]
-    if loss._jac is not None:
-        jac = loss._jac.expand(Z.shape[-2], Z.shape[-1]).transpose(0, 1)  # N x k
-        C = C * jac[None, :, :, None]
-    return C * scale
-
-
-def logit_kernel(model, chain: list[torch.Tensor]) -> torch.Tensor:
-    """The neural tangent kernel of the logits, ``J J^T``, as B x k x k x N x N (entry ``[c, d, i, j]`` pairs logit
-    ``z_ci`` with ``z_dj``): ``sum_l (A_l A_l^T)[c, d] (B_l^T B_l)[i, j]`` with ``dZ = A_l dF_l B_l`` for factor l
-    (``A_l = F_L ... F_{l+1}``, ``B_l`` the product below it, ``I`` for H). One batched matmul over the layers."""
-    F = model.factors
-    Bsz, k, N = chain[-1].shape
-    A = torch.eye(k, dtype=F[0].dtype, device=F[0].device).expand(Bsz, k, k)
-    Ps, Bs = [], []
-    for l in range(len(F) - 1, -1, -1):
-        Ps.append(A @ A.transpose(1, 2))
-        Bs.append(torch.eye(N, dtype=F[0].dtype, device=F[0].device).expand(Bsz, N, N) if l == 0
-                  else chain[l - 1].transpose(1, 2) @ chain[l - 1])
-        A = A @ F[l]
-    P = torch.stack(Ps, dim=-1).reshape(Bsz, k * k, len(F))
-    Bg = torch.stack(Bs, dim=1).reshape(Bsz, len(F), N * N)
-    return (P @ Bg).reshape(Bsz, k, k, N, N)
-
-
-def second_order_logits(model, direction: list[torch.Tensor]) -> torch.Tensor:
-    """The ``t^2`` coefficient of ``Z(theta + t v)`` (a polynomial in t for the product ``F_L ... F_0``):
-    ``sum_{l > m} F..V_l..V_m..F`` (B x k x N)."""
-    F = model.factors
-    P0, P1, P2 = F[0], direction[0], torch.zeros_like(F[0])
-    for Fl, Vl in zip(F[1:], direction[1:]):
-        P0, P1, P2 = Fl @ P0, Fl @ P1 + Vl @ P0, Fl @ P2 + Vl @ P1
-    return P2
-
-
-def implicit_euler_step(model, loss, chain: list[torch.Tensor], dt: torch.Tensor,
-                        geodesic: bool = True) -> list[torch.Tensor]:
-    """Linearly implicit Euler step of gradient flow with the Gauss-Newton curvature, per run:
-    ``-dt (I + dt J^T S J)^{-1} g`` (one tensor per factor), S the CE Hessian in the logits.
-
-    By the push-through identity ``(I + dt J^T C C^T J)^{-1} J^T rho = J^T (rho - dt C (I + dt C^T K C)^{-1} C^T K rho)``
-    with ``K = J J^T`` the logit kernel, so one Cholesky factorization of size ``N k`` per run. With ``geodesic``
-    the step gets the geodesic-acceleration correction of Levenberg-Marquardt (Transtrum & Sethna): the logits
-    are a product of the factors, so a straight step leaves the curved ravine floor at second order; the
-    correction ``a/2``, ``a = -dt (I + dt J^T S J)^{-1} J^T S (2 P2)`` (P2 the second-order logit change along the
-    step) bends it back, for one more solve with the same factor. The loss must not have underflowed (it is used
-    on plateaus, where some margin is <= 0)."""
-    Z = chain[-1]
-    Bsz, k, N = Z.shape
-    G, log_scale = loss.scaled_gradient(Z)
-    r = G * torch.exp(log_scale)[:, None, None]
-    C = softmax_root(loss, Z)  # B N k k
-    K = logit_kernel(model, chain)  # B k N k N
-    # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b]
-    M = torch.einsum("bjde,biajd->biaje", C, torch.einsum("bica,bcdij->biajd", C, K)).reshape(Bsz, N * k, N * k)
-    system = torch.eye(N * k, dtype=Z.dtype, device=Z.device) + dt[:, None, None] * M
-    # a failed factorization (non-finite logits after a bad step) yields NaN steps, which the caller rejects
-    chol, info = torch.linalg.cholesky_ex(system)
-    if bool((info != 0).any()):
-        chol = torch.where((info == 0)[:, None, None], chol, torch.full_like(chol, math.nan))
-    d = dt[:, None, None]
-
-    def solve(rho: torch.Tensor) -> list[torch.Tensor]:  # -dt (I + dt J^T S J)^{-1} J^T rho
-        v = torch.einsum("bica,bci->bia", C, torch.einsum("bcdij,bdj->bci", K, rho)).reshape(Bsz, N * k, 1)
-        y = torch.cholesky_solve(v, chol).reshape(Bsz, N, k)
-        return [-d * x for x in model.backward(chain, rho - d * torch.einsum("bica,bia->bci", C, y))]
-
-    step = solve(r)
-    if geodesic:
-        P2 = second_order_logits(model, step)
-        SP2 = torch.einsum("bica,bida,bdi->bci", C, C, P2)  # S P2, sample by sample
-        step = [s + 0.5 * a for s, a in zip(step, solve(2.0 * SP2))]
-    return step
+def _proximal_objective(factors: Params, loss, base: Params, dt: float) -> float:
+    diff = [F - B for F, B in zip(factors, base)]
+    return float(torch.exp(loss.log_loss(DeepUFM(factors).logits()))[0] + param_dot(diff, diff)[0] / (2.0 * dt))
 
 
 class PathSimulator(Simulator):
     """A :class:`Simulator` with the path-following step and per-run freezing: runs whose ``active`` flag is False
     are not updated (so a batch can stop each run at its own terminal point and still be deterministic per run).
 
-    Runs on a plateau (see the module docstring) switch to linearly implicit Euler steps until every sample is
-    classified correctly; ``plateau=False`` keeps the explicit path step throughout (the previous rule).
-    ``plateau_steps`` counts, per run, the implicit steps tried (accepted or not); a run gets at most
-    ``plateau_budget`` of them (each costs several explicit steps), then continues with explicit steps.
+    Runs on a plateau (see the module docstring) switch to backward-Euler steps (each moving the factors by at most
+    ``eta ||theta||``, like the explicit rule) until every sample is classified correctly and explicit steps are
+    cheaper again; ``plateau=False`` keeps the explicit path step throughout. ``plateau_steps`` counts, per run, the
+    backward-Euler steps tried (converged or not); a run gets at most ``plateau_budget`` of them (each costs tens to
+    hundreds of explicit steps), then continues with explicit steps.
 
     ``eta`` is taken from ``optimizer.lr`` when ``optimizer.name`` is ``"path"``-like; the other optimizers
     (``gd``, ``ngd``) are delegated to the core :class:`Simulator` unchanged.
     """
 
     def __init__(self, model, loss, eta: float = 0.01, optimizer=None, path: bool = True, plateau: bool = True,
-                 window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 20.0,
-                 plateau_budget: int = 600) -> None:
+                 window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 100.0,
+                 plateau_budget: int = 300) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)
@@ -186,14 +179,15 @@ class PathSimulator(Simulator):
         self.window, self.flat_tol, self.stiff_ratio = int(window), float(flat_tol), float(stiff_ratio)
         self.exit_ratio = float(exit_ratio)
         self.plateau_budget = int(plateau_budget)
-        self.geodesic = True
-        self.grow, self.shrink = 1.5, 0.25
         dev, B = model.factors[0].device, model.batch
         self.active = torch.ones(B, dtype=torch.bool, device=dev)
         self.stiff = torch.zeros(B, dtype=torch.bool, device=dev)  # on a plateau: implicit steps
         self.dt = torch.zeros(B, dtype=torch.float64, device=dev)  # their flow-time step
         self.ref_log_loss = torch.full((B,), math.inf, dtype=torch.float64, device=dev)  # at the last window mark
         self.plateau_steps = torch.zeros(B, dtype=torch.long, device=dev)
+        self.newton_iterations = torch.zeros(B, dtype=torch.long, device=dev)
+        self.dt_floor = torch.zeros(B, dtype=torch.float64, device=dev)  # below it, give up plateau mode
+        self.separated = torch.zeros(B, dtype=torch.bool, device=dev)  # every sample classified at the last window mark
 
     def update(self) -> None:
         if not self.path:
@@ -235,7 +229,7 @@ class PathSimulator(Simulator):
         for F, g in zip(model.factors, grads):
             F.addcmul_(g, scale, value=-1.0)
         if bool(implicit.any()):
-            self._implicit_steps(implicit.nonzero().squeeze(1), [c[implicit] for c in chain], tnorm[implicit])
+            self._implicit_steps(implicit.nonzero().squeeze(1))
         self.step += 1
 
     def _plateau_modes(self, Z, length, relative, log_gnorm) -> torch.Tensor:
@@ -243,44 +237,55 @@ class PathSimulator(Simulator):
         y = self.loss.labels.expand(Z.shape[0], 1, -1)
         margin = (Z.gather(1, y).squeeze(1) - Z.scatter(1, y, -math.inf).amax(dim=1)).amin(dim=1)
         log_loss = self.loss.log_loss(Z)
-        # leave plateau mode once the explicit step covers at least 1/exit_ratio of the implicit step's flow time
-        # (it costs about that much less), or before the loss could underflow
+        # leave plateau mode once every sample has been classified for a whole window (dt shrinks while the saddle
+        # is escaped and needs the window to regrow) and the explicit step covers at least 1/exit_ratio of the
+        # implicit step's flow time (it costs about that much less); at once before the loss could underflow. Not
+        # while a sample is misclassified: right after an implicit step the stiff components sit on the ravine
+        # floor, where the explicit step's curvature cap is briefly loose
         dt_explicit = length * torch.exp(-log_gnorm)
-        self.stiff &= (dt_explicit * self.exit_ratio < self.dt) & (log_loss > -100.0)
-        self.stiff &= self.plateau_steps < self.plateau_budget  # each costs ~5-10 explicit steps: bounded per run
+        if self.step % self.window == 0:
+            self.stiff &= ~self.separated | (dt_explicit * self.exit_ratio < self.dt)
+            self.separated = margin > 0
+        self.stiff &= log_loss > -100.0
+        self.stiff &= self.plateau_steps < self.plateau_budget  # each costs tens of explicit steps: bounded per run
         if self.step % self.window == 0:
             enter = (~self.stiff & self.active & (margin <= 0) & (length < self.stiff_ratio * relative)
                      & (self.plateau_steps < self.plateau_budget)
                      & (self.ref_log_loss - log_loss < self.flat_tol))
-            # start from the flow time of the explicit step it replaces
-            self.dt = torch.where(enter, dt_explicit * self.exit_ratio * 2, self.dt)
+            # start from 100 explicit steps' flow time (the move cap adapts it at once)
+            self.dt = torch.where(enter, 100.0 * dt_explicit, self.dt)
+            self.dt_floor = torch.where(enter, 1e-4 * dt_explicit, self.dt_floor)
             self.stiff |= enter
             self.ref_log_loss = log_loss
         return self.stiff & self.active
 
-    def _implicit_steps(self, idx: torch.Tensor, chain: list[torch.Tensor], tnorm: torch.Tensor) -> None:
-        from implicit_geometry.models.ufm import DeepUFM
-
-        sub = DeepUFM([F[idx] for F in self.model.factors])
-        dt = self.dt[idx]
-        old = self.loss.log_loss(chain[-1])
-        steps = implicit_euler_step(sub, self.loss, chain, dt, geodesic=self.geodesic)
-        size = torch.sqrt(sum(torch.linalg.vector_norm(s, dim=(1, 2)) ** 2 for s in steps)).clamp_min(1e-300)
-        fac = torch.clamp(self.eta * tnorm / size, max=1.0)
-        for F, s in zip(sub.factors, steps):
-            F.addcmul_(s, fac[:, None, None])
-        new = self.loss.log_loss(sub.logits())
-        accept = torch.isfinite(new) & (new <= old)
-        # accepted: grow dt by 1.5 (or shrink it to the capped length); rejected: stay, dt / 4
-        self.dt[idx] = torch.where(accept, dt * torch.where(fac < 1, fac, torch.full_like(fac, self.grow)), dt * self.shrink)
-        keep = accept[:, None, None]
-        for F, Fs in zip(self.model.factors, sub.factors):
-            F[idx] = torch.where(keep, Fs, F[idx])
-        self.plateau_steps[idx] += 1
+    def _implicit_steps(self, idx: torch.Tensor) -> None:
+        """One backward-Euler step per plateau run (each run alone, so its numbers do not depend on the batch), with
+        the path rule's accuracy: a step may move the factors by at most ``eta ||theta||``. A longer step is refused
+        and dt shrinks in proportion; a shorter one lets dt grow in proportion (at most 2x). A step whose Newton
+        iteration does not converge is retried at half the flow time."""
+        for b in idx.tolist():
+            sub = DeepUFM([F[b:b + 1] for F in self.model.factors])
+            dt = float(self.dt[b])
+            new, iterations = backward_euler_step(sub, self.loss, dt)
+            self.newton_iterations[b] += iterations
+            self.plateau_steps[b] += 1
+            if new is None:
+                self.dt[b] = 0.5 * dt
+                if self.dt[b] < self.dt_floor[b]:  # Newton keeps failing: back to explicit steps
+                    self.stiff[b] = False
+                continue
+            cap = self.eta * math.sqrt(float(sub.squared_norm()[0]))
+            move = math.sqrt(sum(float(((Fn - F) ** 2).sum()) for Fn, F in zip(new.factors, sub.factors)))
+            self.dt[b] = dt * min(2.0, 0.9 * cap / max(move, 1e-300))
+            if move > cap:
+                continue
+            for F, Fs in zip(self.model.factors, new.factors):
+                F[b] = Fs[0]
 
     def state_dict(self):
         state = super().state_dict()
-        for name in ("active", "stiff", "dt", "ref_log_loss", "plateau_steps"):
+        for name in ("active", "stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated"):
             state[name] = getattr(self, name).cpu().clone()
         return state
 
@@ -288,6 +293,6 @@ class PathSimulator(Simulator):
         super().load_state_dict(state)
         dev = self.model.factors[0].device
         self.active = state["active"].to(dev).clone()
-        for name in ("stiff", "dt", "ref_log_loss", "plateau_steps"):
+        for name in ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated"):
             if name in state:  # checkpoints written before plateau mode existed
                 setattr(self, name, state[name].to(dev).clone())

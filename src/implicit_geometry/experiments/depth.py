@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from implicit_geometry._validation import InvalidParameterError, check_bool, check_choice, check_float, check_int
+from implicit_geometry.depth.curvature import tangent_logits
 from implicit_geometry.depth.reading import read_geometry
-from implicit_geometry.depth.stepping import PathSimulator, tangent_logits
+from implicit_geometry.depth.stepping import PathSimulator
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
@@ -56,7 +57,7 @@ class DepthConfig(ExperimentConfig):
     optimizer: str = "path"
     eta: float = 0.01
     plateau: bool = True
-    plateau_budget: int = 600
+    plateau_budget: int = 300
     lr: float = 1.0
     max_steps: int = 3000
     target_margin: float = 10.0
@@ -183,7 +184,8 @@ class _Cell:
         marks = set(record_steps(c.max_steps, c.records))
         sim = self.sim
         while sim.step < c.max_steps:
-            if sim.step % c.check_every == 0:
+            # every step while a run takes implicit steps: one of those can move the margin by several units
+            if sim.step % c.check_every == 0 or bool((sim.stiff & sim.active).any()):
                 self.check()
                 if not bool(sim.active.any()):
                     break
@@ -222,6 +224,7 @@ class _Cell:
                 "grown_etf_distance": None if self.grown_step[b] < 0 else float(self.grown_etf[b]),
                 "grown_step": int(self.grown_step[b]),
                 "plateau_steps": int(self.sim.plateau_steps[b]),
+                "plateau_newton_iterations": int(self.sim.newton_iterations[b]),
                 "effective_rank": g.effective_rank, "stable_rank": g.stable_rank, "numerical_rank": g.numerical_rank,
                 "etf_distance": g.etf_distance, "code_distance": g.code_distance, "code_value_ratio": g.code_value_ratio,
                 "adjacent_angles_deg": g.adjacent_angles.tolist(),

@@ -34,9 +34,9 @@ def _int_list(name: str, text: str) -> list[int]:
 @click.option("--optimizer", type=str, default="path", show_default=True, help="path (adaptive, any depth), ngd or gd (use --lr).")
 @click.option("--eta", type=float, default=0.01, show_default=True, help="path: relative step length (halving it must not change results).")
 @click.option("--plateau/--no-plateau", default=True, show_default=True,
-              help="path: linearly implicit steps on saddle plateaus (--no-plateau: explicit steps throughout).")
-@click.option("--plateau-budget", type=int, default=600, show_default=True,
-              help="path: at most this many implicit plateau steps per run (each costs ~5-10 explicit steps).")
+              help="path: backward-Euler (Newton) steps on saddle plateaus (--no-plateau: explicit steps throughout).")
+@click.option("--plateau-budget", type=int, default=300, show_default=True,
+              help="path: at most this many backward-Euler plateau steps per run (each costs tens to hundreds of explicit steps).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="ngd/gd step (not used by path).")
 @click.option("--max-steps", type=int, default=3000, show_default=True, help="Cap per run; runs not terminal by then are flagged.")
 @click.option("--target-margin", type=float, default=10.0, show_default=True, help="Terminal phase: smallest margin at least this.")

@@ -34,6 +34,10 @@ def min_norm_point(P: np.ndarray, tol: float = 1e-13, max_iter: int = 1000) -> t
     """
     P = np.asarray(P, dtype=np.float64)
     m = P.shape[1]
+    # work at unit scale: the minor cycle's affine system pairs the Gram matrix with ones, and at the scale of learned
+    # logits (1e4 and beyond) lstsq would drop the Gram block as negligible (every distance came out 0)
+    unit = math.sqrt(max(float((P**2).sum(0).max()), 1e-300))
+    P = P / unit
     sq = (P**2).sum(0)
     scale = max(sq.max(), 1e-300)
     S = [int(np.argmin(sq))]
@@ -65,7 +69,7 @@ def min_norm_point(P: np.ndarray, tol: float = 1e-13, max_iter: int = 1000) -> t
             lam = lam[keep] / lam[keep].sum()
     weights = np.zeros(m)
     weights[S] = lam
-    return P[:, S] @ lam, weights
+    return (P[:, S] @ lam) * unit, weights
 
 
 def one_vs_rest_distances(W) -> np.ndarray:

@@ -39,7 +39,7 @@ from implicit_geometry.depth.efficiency import (
     overtaking_depth,
 )
 from implicit_geometry.depth.reading import adjacent_angles, code_distance, gram_factor, numerical_rank, read_geometry
-from implicit_geometry.depth.stepping import PathSimulator, backward_euler_step
+from implicit_geometry.depth.stepping import CODE_ASCENT, CODE_DONE, CODE_SETTLE, PathSimulator, backward_euler_step
 from implicit_geometry.geometry.metrics import effective_rank, normalized_distance
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.losses import CrossEntropy
@@ -73,6 +73,10 @@ def test_one_vs_rest_closed_forms_and_invariances():
     assert np.allclose(one_vs_rest_distances(W @ Q.T), d)
     assert np.allclose(one_vs_rest_distances(W[perm]), d[perm])
     assert np.allclose(one_vs_rest_distances(2.5 * W), 2.5 * d)
+    # at the scale of learned logits too (directional convergence reaches 1e15): once every distance came out 0 there
+    for scale in (1e-8, 1e4, 1e15):
+        assert np.allclose(one_vs_rest_distances(scale * W), scale * d, rtol=1e-9, atol=1e-12 * scale)
+        assert abs(code_value(scale * regular_polygon(6)) - 0.5) < 1e-12
     # A point inside the hull of the others has distance 0.
     W2 = np.vstack([regular_polygon(4), [[0.1, 0.0]]])
     assert one_vs_rest_distances(W2)[-1] < 1e-12
@@ -318,7 +322,10 @@ def test_backward_euler_step_solves_its_equation():
         _, _, g = _gradient(new, loss)
         resid = [t + dt * gg - b for t, gg, b in zip(new.factors, g, base.factors)]
         step = [t - b for t, b in zip(new.factors, base.factors)]
-        assert math.sqrt(float(param_dot(resid, resid)[0])) < 1e-6 * math.sqrt(float(param_dot(step, step)[0]))
+        # Newton stops when its Gauss-Newton correction is below 1e-8 ||theta||: the equation then holds to well under
+        # 1e-5 of the step (measured 6e-6 at dt = 0.05 on one machine, below 1e-6 on another: rounding decides how many
+        # iterations run), far below the O(dt) error of backward Euler itself
+        assert math.sqrt(float(param_dot(resid, resid)[0])) < 1e-5 * math.sqrt(float(param_dot(step, step)[0]))
         assert float(loss.log_loss(new.logits())[0]) <= float(loss.log_loss(base.logits())[0])
     tiny = 1e-7
     new, _ = backward_euler_step(base, loss, tiny)
@@ -365,6 +372,105 @@ def test_plateau_steps_escape_rank1_saddle_and_resume_exactly():
     assert torch.equal(new.dt, resumed.dt) and torch.equal(new.plateau_steps, resumed.plateau_steps)
 
 
+def test_stall_rule_predicts_the_blow_up_of_the_second_mode():
+    """A plateau run gives up when the blow-up of ``d sigma_2/dt = c sigma_2^p`` (p = 2L/(L+1)), extrapolated from
+    sigma_2's mean growth rate since the saddle, lies more than 3x beyond the flow time its remaining budget buys."""
+    K, L = 4, 3
+    labels = np.arange(K)
+    m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=L, batch=1, init_std=0.1, seeds=[0])
+
+    def stall(budget, dt=0.1, t=10.0):
+        sim = PathSimulator(m.clone(), CrossEntropy(labels, K), plateau_budget=budget)
+        sim.entry_log_sigma2[0], sim.plateau_time[0], sim.plateau_steps[0], sim.stiff[0], sim.dt[0] = 0.0, t, 50, True, dt
+        Z = torch.diag(torch.tensor([5.0, math.exp(0.1), 0.0, 0.0], dtype=torch.float64))[None]  # sigma_2 grew by e^0.1
+        sim._check_stall(0, Z)
+        return sim
+
+    # rate 0.01 per unit, p - 1 = 1/2: escape predicted at flow time 200; 190 more units against 3 x (budget - 50) x
+    # max(dt, mean dt 10/50)
+    s = stall(300)
+    assert abs(float(s.predicted_escape[0]) - 200.0) < 1e-9
+    assert bool(s.stalled[0]) and not bool(s.stiff[0]) and int(s.plateau_steps[0]) == 300
+    s = stall(400)  # 3 x 350 x 0.2 = 210 > 190: it goes on
+    assert not bool(s.stalled[0]) and bool(s.stiff[0])
+    s = stall(300, dt=0.3)  # the present dt buys 3 x 250 x 0.3 = 225
+    assert not bool(s.stalled[0])
+    s = stall(300, t=5.0)  # too early to judge: no prediction yet
+    assert not bool(s.stalled[0]) and math.isnan(float(s.predicted_escape[0]))
+
+
+def _train_with_code(sim, labels, margin, max_steps=30000, stop=None):
+    """Path steps until each run's margins reach ``margin``, then its code phase, until every run is done (or ``stop``
+    steps, to checkpoint mid-way)."""
+    with torch.no_grad():
+        while sim.step < (stop if stop is not None else max_steps):
+            sim.start_code(_margins(sim.model.logits(), labels) >= margin)
+            sim.active = sim.code_phase != CODE_DONE
+            if not bool(sim.active.any()):
+                break
+            sim.update()
+    return sim
+
+
+def test_code_phase_reaches_the_etf_at_depth_1_and_the_regular_polygon_at_depth_4():
+    """The code phase converges in direction to the max-margin geometry, checked against independent answers: at depth 1
+    the nuclear-norm max-margin solution, whose class-mean logits are the ETF's ``I - 11^T/K`` (theory section 1-2); at
+    depth 4 with K = 6 classes a rank-2 code, whose points must be the softmax code that the solver of codes.py finds
+    on its own (the regular hexagon: adjacent angles of 60 degrees, one-vs-rest value at the known optimum)."""
+    K, n = 4, 2
+    labels = np.repeat(np.arange(K), n)
+    avg = torch.as_tensor(np.kron(np.eye(K), np.ones((n, 1))) / n)
+    m = DeepUFM.random(num_classes=K, num_samples=K * n, dim=6, depth=1, batch=2, init_std=0.1, seeds=[0, 1])
+    sim = _train_with_code(PathSimulator(m, CrossEntropy(labels, K), code_margin=5.0, settle_steps=200), labels, 5.0)
+    assert bool(sim.code_converged.all()) and bool((sim.code_phase == CODE_DONE).all())
+    etf = np.eye(K) - 1.0 / K
+    for b in range(2):
+        M = (sim.model.logits()[b] @ avg).numpy()
+        assert normalized_distance(M, etf) < 2e-3
+    K = 6
+    labels = np.arange(K)
+    m = DeepUFM.random(num_classes=K, num_samples=K, dim=8, depth=4, batch=2, init_std=0.15, seeds=[0, 1])
+    sim = PathSimulator(m, CrossEntropy(labels, K), code_margin=5.0, settle_steps=300)
+    with torch.no_grad():  # a snapshot at the terminal margin is still far from the limit code: that is what the phase is for
+        while float(_margins(sim.model.logits(), labels).min()) < 5.0:
+            sim.update()
+    lopsided = read_geometry(sim.model.logits()[0].numpy(), fit_code=False)
+    sim = _train_with_code(sim, labels, 5.0)
+    assert bool(sim.code_converged.all())
+    solver = softmax_code(K, 2, restarts=6)
+    for b in range(2):
+        g = read_geometry(sim.model.logits()[b].numpy(), fit_code=False)
+        assert g.numerical_rank == 2 and abs(g.effective_rank - 2) < 1e-3
+        assert np.abs(g.adjacent_angles - 60.0).max() < 0.5
+        assert code_distance(g.gram_factor, solver.points) < 5e-3
+        assert code_value(g.gram_factor.T) / solver.distance > 0.97  # a min over points: first order in the angle errors
+    assert np.abs(lopsided.adjacent_angles - 60.0).max() > 3 * np.abs(g.adjacent_angles - 60.0).max()
+
+
+def test_code_phase_resumes_exactly_and_keeps_other_runs_apart():
+    """A checkpoint taken mid-way through the code phase (one run ascending, its bookkeeping in the state) resumes to the
+    same bits; a run's code phase does not depend on what else is in the batch."""
+    labels = np.repeat(np.arange(4), 2)
+    loss = CrossEntropy(labels, 4)
+
+    def sim(seeds):
+        m = DeepUFM.random(num_classes=4, num_samples=8, dim=8, depth=3, batch=len(seeds), init_std=0.1, seeds=seeds)
+        return PathSimulator(m, loss, code_margin=5.0, code_window=100, settle_steps=100)
+
+    full = _train_with_code(sim([0, 1]), labels, 5.0)
+    half = _train_with_code(sim([0, 1]), labels, 5.0, stop=400)
+    assert bool((half.code_phase == CODE_ASCENT).any() | (half.code_phase == CODE_SETTLE).any())
+    resumed = sim([0, 1])
+    resumed.load_state_dict(half.state_dict())
+    _train_with_code(resumed, labels, 5.0)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.factors, resumed.model.factors))
+    for name in ("code_phase", "code_steps", "settled", "best_log_gamma", "code_converged"):
+        assert torch.equal(getattr(full, name), getattr(resumed, name)), name
+    alone = _train_with_code(sim([1]), labels, 5.0)
+    assert torch.allclose(alone.model.logits()[0], full.model.logits()[1], rtol=1e-9, atol=0)
+    assert int(alone.code_steps[0]) == int(full.code_steps[1])
+
+
 # -- experiment -----------------------------------------------------------------------------------------------------
 def _small_config(**kw):
     from implicit_geometry.experiments.depth import DepthConfig
@@ -387,6 +493,13 @@ def test_depth_experiment_run_and_resume(tmp_path):
     assert rows[1]["terminal_runs"] == 2 and abs(rows[1]["effective_rank_mean"] - 3) < 0.2  # depth 1: ETF, rank K-1
     for r in s["runs"]:
         assert r["terminal"] and r["min_margin"] >= 5.0 and 0 <= r["init_dz_etf_distance"] <= 2
+        assert r["code_converged"] and r["code_steps"] > 0
+    # depth 3, K = 4: at the terminal margin a lopsided rank-2 code; at directional convergence the square (the
+    # rank-2 softmax code of 4 points), which the verdict reports beside the terminal reading
+    for r in (r for r in s["runs"] if r["depth"] == 3):
+        assert r["numerical_rank"] == 2 and abs(r["effective_rank"] - 2) < 1e-3 and r["max_angle_error_deg"] < 0.5
+        assert r["terminal_effective_rank"] < 1.9 and r["terminal_max_angle_error_deg"] > 2
+    assert any("L=3" in line and "rank-2 angles within" in line and "[1." in line for line in s["verdict"])
     # interrupted mid-cell (checkpoint after a short time budget), then resumed: same numbers
     cfg = _small_config()
     cfg.validate()
@@ -428,6 +541,24 @@ def test_depth_flags_non_terminal_runs(tmp_path):
     assert s["table"][0]["saddle_runs"] == 2
     assert all(r["numerical_rank"] == 1 and r["min_margin"] < 0 for r in s["runs"])
     assert "2 run(s) on the rank-1 saddle" in s["verdict"][1]
+
+
+def test_depth_without_code_phase_and_unconverged_codes(tmp_path):
+    from implicit_geometry.experiments.depth import run_depth
+
+    # --no-code: the geometry is read where the run became terminal, and no code-phase step is taken
+    s = run_depth(_small_config(depths=[3], code=False), tmp_path / "n", progress=False, figures=False)
+    for r in s["runs"]:
+        assert r["code_steps"] is None and r["code_converged"] is None
+        assert r["effective_rank"] == r["terminal_effective_rank"] and r["min_margin"] < 10
+    # a code phase cut short: terminal, but no limit geometry; flagged and left out of the rank statistics
+    s = run_depth(_small_config(depths=[3], code_max_steps=1), tmp_path / "u", progress=False, figures=False)
+    row = s["table"][0]
+    assert row["terminal_runs"] == 2 and row["code_unconverged_runs"] == 2 and row["effective_rank_mean"] is None
+    assert row["terminal_effective_rank_mean"] is not None
+    assert "code phase did not converge" in s["verdict"][1]
+    with pytest.raises(InvalidParameterError, match=r"code_step must be a number <= 0.1 \(got 0.5\)"):
+        _small_config(code_step=0.5).validate()
 
 
 def test_depth_flags_diverged_runs_without_nan(tmp_path):

@@ -20,10 +20,15 @@ def _plt():
     return plt
 
 
+def _reported(r: dict) -> bool:
+    """A run whose geometry is reported: terminal, and its code phase (if any) converged."""
+    return bool(r["terminal"]) and r.get("code_converged") is not False
+
+
 def _rank_stats(results, key_fixed, fixed, key_x):
     xs, means, stds = [], [], []
     for x in sorted({r[key_x] for r in results if r[key_fixed] == fixed}):
-        er = [r["effective_rank"] for r in results if r[key_fixed] == fixed and r[key_x] == x and r["terminal"]]
+        er = [r["effective_rank"] for r in results if r[key_fixed] == fixed and r[key_x] == x and _reported(r)]
         if er:
             xs.append(x)
             means.append(np.mean(er))
@@ -72,7 +77,7 @@ def plot_depth_figures(folder: Path, config: Any, results: list[dict], histories
     save_figure(folder / "singular_values.png", fig, dpi=100)
     plt.close(fig)
     # Rank-2 codes against the regular K-gon.
-    two = [r for r in results if r["terminal"] and r["numerical_rank"] == 2][-6:]
+    two = [r for r in results if _reported(r) and r["numerical_rank"] == 2][-6:]
     if two:
         fig, axes = plt.subplots(1, len(two), figsize=(2.6 * len(two), 2.8), constrained_layout=True, squeeze=False)
         poly = 2 * np.pi * np.arange(K + 1) / K

@@ -38,9 +38,12 @@ the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the
 sessions 2-8 (one Gauss-Newton solve) was accepted only up to dt ~ 0.01-0.03 and diverged beyond, and Gauss-Newton
 iterations on the proximal problem accept 1/16-1/64 of their steps; Newton converges in 4-8 iterations.
 
-Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-200
-backward-Euler steps per run); at L = 10 the escape needs a flow time of ~300 units with sigma_1 growing past 1e8,
-beyond the default budget of 300 steps (docs/depth.md, ``benchmarks/saddle_escape.py``).
+Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-250
+backward-Euler steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
+1e8, beyond the default budget of 300 steps for most seeds (docs/depth.md, ``benchmarks/saddle_escape.py``). So a
+plateau run predicts its escape from the growth of the second singular value of its class-mean logits (a blow-up
+``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops early, flagged as ``stalled`` with the prediction, when
+the escape lies far beyond what its remaining budget buys (:meth:`PathSimulator._check_stall`).
 
 Heavy-ball and Nesterov steps in place of the implicit ones were tried and rejected: with a restart on loss
 increase they follow gradient flow but are ~10x slower than the implicit steps at L = 6 and do not escape at
@@ -48,6 +51,22 @@ L = 8-10; without it they leave the gradient-flow path (docs/depth.md).
 
 ``eta`` (default 0.01) is the only knob; halving it must not change the reached solution (tested against plain
 small-step gradient descent on small cases).
+
+**The code phase (directional convergence).** The terminal phase (every margin >= 10, say) is not yet the geometry
+gradient descent converges to: without regularization the factors grow without bound and only their *direction*
+converges, to a KKT point of the max-margin problem (the implicit bias). At margin 10 it is often far from there:
+at L >= 6 the escaped runs are lopsided rank-2 codes (sigma_2/sigma_1 ~ 1e-4..1e-2, adjacent angles tens of degrees
+off 360/K), and under the path rule (or gradient flow) the margin then grows only like log t, so the direction
+moves ever more slowly in steps. :meth:`PathSimulator.start_code` moves a run into a scale-free phase instead:
+normalized steps ``theta <- theta - code_step ||theta|| g/||g||``, the Euler discretization of gradient flow's
+directional dynamics in log-norm time (the loss gradient is taken in the log domain, so it never underflows). Each
+step changes the direction by O(code_step), so it converges to within O(code_step) of the limit direction, at a cost
+that does not grow with the margin. The run converges when its best normalized margin ``min_i margin_i /
+||theta||^(L+1)`` (which gradient flow increases towards its KKT value) has grown by less than ``code_tol`` over
+``code_window`` steps while every margin is at least ``code_margin``; it then takes ``settle_steps`` steps of
+``settle_factor * code_step``, which damp the O(code_step) chatter around the limit, and stops. Measured
+(paper setting, seeds 0-2): the L = 6 and L = 8 lopsided codes become regular 10-gons with every adjacent angle
+within 0.5 degrees of 36 after 5,000-10,500 steps; at L = 1 the ETF (effective rank 9.000).
 """
 
 from __future__ import annotations
@@ -69,7 +88,18 @@ from implicit_geometry.depth.curvature import (
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.simulator import Simulator
 
-__all__ = ["PathSimulator", "backward_euler_step", "logit_kernel", "logit_spread", "softmax_root", "tangent_logits"]
+__all__ = ["CODE_ASCENT", "CODE_DONE", "CODE_OFF", "CODE_SETTLE", "PathSimulator", "backward_euler_step", "logit_kernel",
+           "logit_spread", "softmax_root", "tangent_logits"]
+
+# code phase of a run (PathSimulator.code_phase)
+CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
+# per-run state that a checkpoint carries besides ``active``
+_RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated", "plateau_time",
+              "entry_log_sigma2", "predicted_escape", "stalled", "code_phase", "code_steps", "settled", "best_log_gamma",
+              "window_log_gamma", "code_converged")
+# a plateau run is checked for a hopeless escape from this many implicit steps on (every 25), and gives up when the
+# predicted escape lies more than STALL_FACTOR times beyond what the rest of its budget buys
+STALL_AFTER, STALL_FACTOR, STALL_MIN_TIME = 50, 3.0, 10.0
 
 
 def logit_spread(Z: torch.Tensor) -> torch.Tensor:
@@ -107,7 +137,9 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
         z = [dt * x for x in system.inverse([-x for x in r])]  # the Gauss-Newton correction (I/dt + J^T S J)^{-1} (-r)
         if not math.isfinite(float(param_norm(z)[0])):
             return None, it
-        if float(param_norm(z)[0]) <= 1e-8 * scale:
+        # converged: the correction is below 1e-8 ||theta|| -- after at least one iteration, or a dt so small that the
+        # whole step is below that would return theta_k itself
+        if it > 0 and float(param_norm(z)[0]) <= 1e-8 * scale:
             return DeepUFM(theta), it
         x = [torch.zeros_like(t) for t in theta]
         res = [-v for v in r]
@@ -169,7 +201,9 @@ class PathSimulator(Simulator):
 
     def __init__(self, model, loss, eta: float = 0.01, optimizer=None, path: bool = True, plateau: bool = True,
                  window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 100.0,
-                 plateau_budget: int = 300) -> None:
+                 plateau_budget: int = 300, code_step: float = 0.01, code_window: int = 500, code_tol: float = 0.01,
+                 code_margin: float = 10.0, code_max_steps: int = 20000, settle_steps: int = 1000,
+                 settle_factor: float = 0.1) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)
@@ -188,14 +222,45 @@ class PathSimulator(Simulator):
         self.newton_iterations = torch.zeros(B, dtype=torch.long, device=dev)
         self.dt_floor = torch.zeros(B, dtype=torch.float64, device=dev)  # below it, give up plateau mode
         self.separated = torch.zeros(B, dtype=torch.bool, device=dev)  # every sample classified at the last window mark
+        # how long a run has been on its plateau (flow time of the accepted implicit steps), the second singular value
+        # of its class-mean logits when it got there, and when the escape is predicted (see _check_stall)
+        self.plateau_time = torch.zeros(B, dtype=torch.float64, device=dev)
+        self.entry_log_sigma2 = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+        self.predicted_escape = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+        self.stalled = torch.zeros(B, dtype=torch.bool, device=dev)  # gave up: the escape is far beyond the budget
+        k, labels = loss.num_classes, loss.labels
+        counts = torch.bincount(labels, minlength=k).to(torch.float64)
+        self._class_avg = torch.zeros((labels.numel(), k), dtype=torch.float64, device=dev)
+        self._class_avg[torch.arange(labels.numel(), device=dev), labels] = 1.0 / counts[labels]
+        # the code phase (directional convergence, see start_code)
+        self.code_step, self.code_window, self.code_tol = float(code_step), int(code_window), float(code_tol)
+        self.code_margin, self.code_max_steps = float(code_margin), int(code_max_steps)
+        self.settle_steps, self.settle_factor = int(settle_steps), float(settle_factor)
+        self.code_phase = torch.zeros(B, dtype=torch.long, device=dev)  # CODE_OFF / CODE_ASCENT / CODE_SETTLE / CODE_DONE
+        self.code_steps = torch.zeros(B, dtype=torch.long, device=dev)  # normalized steps taken in the ascent
+        self.settled = torch.zeros(B, dtype=torch.long, device=dev)  # steps taken in the settle stage
+        self.best_log_gamma = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
+        self.window_log_gamma = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)  # best at the last window mark
+        self.code_converged = torch.zeros(B, dtype=torch.bool, device=dev)
+
+    def start_code(self, runs: torch.Tensor) -> None:
+        """Move ``runs`` (a boolean mask) into the code phase: scale-free normalized steps that follow gradient flow's
+        directional dynamics until the normalized margin stops growing (see the module docstring)."""
+        self.code_phase = torch.where(runs & (self.code_phase == CODE_OFF), torch.full_like(self.code_phase, CODE_ASCENT),
+                                      self.code_phase)
 
     def update(self) -> None:
+        coding = self.active & ((self.code_phase == CODE_ASCENT) | (self.code_phase == CODE_SETTLE))
         if not self.path:
-            before = [F.clone() for F in self.model.factors] if not bool(self.active.all()) else None
+            moving = self.active & ~coding
+            before = [F.clone() for F in self.model.factors] if not bool(moving.all()) else None
+            pre = self._gradient() if bool(coding.any()) else None
             super().update()
-            if before is not None:  # frozen runs keep their factors
+            if before is not None:  # frozen runs (and code-phase runs, stepped below) keep their factors
                 for F, F0 in zip(self.model.factors, before):
-                    F[~self.active] = F0[~self.active]
+                    F[~moving] = F0[~moving]
+            if pre is not None:
+                self._code_update(coding, *pre)
             return
         model = self.model
         chain = model.forward_chain()
@@ -204,6 +269,16 @@ class PathSimulator(Simulator):
         grads = model.backward(chain, G)
         gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads)).clamp_min(1e-300)
         tnorm = torch.sqrt(model.squared_norm())
+        moving = self.active & ~coding
+        if bool(moving.any()):
+            self._path_step(chain, G, log_scale, grads, gnorm, tnorm, moving)
+        if bool(coding.any()):  # code-phase runs were not moved by the path step (length 0): the same gradient serves
+            self._code_update(coding, Z, grads, gnorm, tnorm)
+        self.step += 1
+
+    def _path_step(self, chain, G, log_scale, grads, gnorm, tnorm, moving) -> None:
+        """The path rule (explicit, or backward Euler on a plateau) for the runs in ``moving``."""
+        model, Z = self.model, chain[-1]
         relative = self.eta * tnorm
         length = relative
         if self.curvature:
@@ -223,16 +298,54 @@ class PathSimulator(Simulator):
             length = torch.minimum(length, self.curvature_factor * self.eta * first / second.clamp_min(1e-300))
         implicit = torch.zeros_like(self.active)
         if self.plateau:
-            implicit = self._plateau_modes(Z, length, relative, log_scale + torch.log(gnorm))
-        length = torch.where(self.active & ~implicit, length, torch.zeros_like(length))
+            implicit = self._plateau_modes(Z, length, relative, log_scale + torch.log(gnorm), moving)
+        length = torch.where(moving & ~implicit, length, torch.zeros_like(length))
         scale = (length / gnorm)[:, None, None]
         for F, g in zip(model.factors, grads):
             F.addcmul_(g, scale, value=-1.0)
         if bool(implicit.any()):
             self._implicit_steps(implicit.nonzero().squeeze(1))
-        self.step += 1
 
-    def _plateau_modes(self, Z, length, relative, log_gnorm) -> torch.Tensor:
+    def _gradient(self):
+        """Logits, factor gradients (of the scaled loss gradient: a direction, exact in the log domain), their norm and
+        the parameter norm, per run."""
+        chain = self.model.forward_chain()
+        G, _ = self.loss.scaled_gradient(chain[-1])
+        grads = self.model.backward(chain, G)
+        gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads)).clamp_min(1e-300)
+        return chain[-1], grads, gnorm, torch.sqrt(self.model.squared_norm())
+
+    def _code_update(self, coding: torch.Tensor, Z: torch.Tensor, grads, gnorm: torch.Tensor, tnorm: torch.Tensor) -> None:
+        """One normalized step for the code-phase runs (relative length ``code_step``, ``settle_factor`` times that
+        while settling) and the bookkeeping of their normalized margin at the state before the step."""
+        ascent = coding & (self.code_phase == CODE_ASCENT)
+        settle = coding & (self.code_phase == CODE_SETTLE)
+        R = torch.where(ascent, self.code_step, self.code_step * self.settle_factor)
+        length = torch.where(coding, R * tnorm, torch.zeros_like(tnorm))
+        scale = (length / gnorm)[:, None, None]
+        for F, g in zip(self.model.factors, grads):
+            F.addcmul_(g, scale, value=-1.0)
+        # normalized margin min_i margin_i / ||theta||^(L+1) (scale-invariant: Z is homogeneous of degree L+1), in logs
+        y = self.loss.labels.expand(Z.shape[0], 1, -1)
+        margin = (Z.gather(1, y).squeeze(1) - Z.scatter(1, y, -math.inf).amax(dim=1)).amin(dim=1)
+        log_gamma = torch.where(margin > 0, torch.log(margin.clamp_min(1e-300)) - (self.model.depth + 1) * torch.log(tnorm),
+                                torch.full_like(margin, -math.inf))
+        self.best_log_gamma = torch.where(ascent, torch.maximum(self.best_log_gamma, log_gamma), self.best_log_gamma)
+        self.code_steps += ascent.long()
+        mark = ascent & (self.code_steps % self.code_window == 0)
+        # converged: the best normalized margin grew by less than code_tol (relative) over the last window, and the
+        # run is in the terminal phase now (smallest margin at least code_margin)
+        gain = self.best_log_gamma - self.window_log_gamma
+        converged = mark & torch.isfinite(self.best_log_gamma) & (gain <= math.log1p(self.code_tol)) & (margin >= self.code_margin)
+        self.window_log_gamma = torch.where(mark, self.best_log_gamma, self.window_log_gamma)
+        self.code_converged |= converged
+        give_up = ascent & ~converged & (self.code_steps >= self.code_max_steps)
+        self.settled += settle.long()
+        done = settle & (self.settled >= self.settle_steps)
+        phase = torch.where(converged | give_up, torch.full_like(self.code_phase, CODE_SETTLE), self.code_phase)
+        self.code_phase = torch.where(done, torch.full_like(phase, CODE_DONE), phase)
+
+    def _plateau_modes(self, Z, length, relative, log_gnorm, moving) -> torch.Tensor:
         """Enter/leave plateau mode per run; returns which runs take an implicit step now."""
         y = self.loss.labels.expand(Z.shape[0], 1, -1)
         margin = (Z.gather(1, y).squeeze(1) - Z.scatter(1, y, -math.inf).amax(dim=1)).amin(dim=1)
@@ -249,15 +362,18 @@ class PathSimulator(Simulator):
         self.stiff &= log_loss > -100.0
         self.stiff &= self.plateau_steps < self.plateau_budget  # each costs tens of explicit steps: bounded per run
         if self.step % self.window == 0:
-            enter = (~self.stiff & self.active & (margin <= 0) & (length < self.stiff_ratio * relative)
+            enter = (~self.stiff & moving & (margin <= 0) & (length < self.stiff_ratio * relative)
                      & (self.plateau_steps < self.plateau_budget)
                      & (self.ref_log_loss - log_loss < self.flat_tol))
             # start from 100 explicit steps' flow time (the move cap adapts it at once)
             self.dt = torch.where(enter, 100.0 * dt_explicit, self.dt)
+            first = enter & torch.isnan(self.entry_log_sigma2)
+            if bool(first.any()):
+                self.entry_log_sigma2 = torch.where(first, self._log_sigma2(Z), self.entry_log_sigma2)
             self.dt_floor = torch.where(enter, 1e-4 * dt_explicit, self.dt_floor)
             self.stiff |= enter
             self.ref_log_loss = log_loss
-        return self.stiff & self.active
+        return self.stiff & moving
 
     def _implicit_steps(self, idx: torch.Tensor) -> None:
         """One backward-Euler step per plateau run (each run alone, so its numbers do not depend on the batch), with
@@ -282,10 +398,43 @@ class PathSimulator(Simulator):
                 continue
             for F, Fs in zip(self.model.factors, new.factors):
                 F[b] = Fs[0]
+            self.plateau_time[b] += dt
+            if self.plateau_steps[b] >= STALL_AFTER and self.plateau_steps[b] % 25 == 0:
+                self._check_stall(b, new.logits())
+
+    def _log_sigma2(self, Z: torch.Tensor) -> torch.Tensor:
+        """log of the second singular value of each run's class-mean logits."""
+        return torch.log(torch.linalg.svdvals(Z.to(torch.float64) @ self._class_avg)[:, 1].clamp_min(1e-300))
+
+    def _check_stall(self, b: int, Z: torch.Tensor) -> None:
+        """Predict when run ``b`` leaves its rank-1 saddle and give up if that is far beyond the plateau budget.
+
+        On the saddle the second mode of the class-mean logits grows like ``d sigma_2/dt = c sigma_2^p``,
+        ``p = 2L/(L+1)``, which blows up after a flow time ``1/((p-1) r)`` from a start with relative growth rate r
+        (docs/depth.md, "How long the saddle lasts": within 1.1-1.5x of the observed escapes). r is measured as the
+        mean rate since the run reached its plateau, which exceeds the starting rate of a blow-up, so the prediction
+        errs early (measured at the first check: 80 for an escape at 88, L = 10; 110 for 146, L = 9). If the
+        predicted escape lies more than STALL_FACTOR times beyond the flow time the rest of the budget buys (at the
+        present dt, or the mean so far if larger: dt grows by 10x on a saddle once its fast transient has passed),
+        the run stops: it is flagged, with the prediction, instead of spending its budget on the saddle. Not judged
+        before a flow time of STALL_MIN_TIME on the plateau (sigma_2 may first dip)."""
+        t = float(self.plateau_time[b])
+        if t < STALL_MIN_TIME:
+            return
+        p = 2.0 * self.model.depth / (self.model.depth + 1)
+        rate = (float(self._log_sigma2(Z)[0]) - float(self.entry_log_sigma2[b])) / max(t, 1e-300)
+        escape = 1.0 / ((p - 1.0) * rate) if rate > 0 and p > 1 else math.inf
+        self.predicted_escape[b] = escape
+        steps = int(self.plateau_steps[b])
+        affordable = (self.plateau_budget - steps) * max(float(self.dt[b]), t / steps)
+        if escape - t > STALL_FACTOR * affordable:
+            self.stalled[b] = True
+            self.stiff[b] = False
+            self.plateau_steps[b] = self.plateau_budget  # no re-entry
 
     def state_dict(self):
         state = super().state_dict()
-        for name in ("active", "stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated"):
+        for name in ("active",) + _RUN_STATE:
             state[name] = getattr(self, name).cpu().clone()
         return state
 
@@ -293,6 +442,6 @@ class PathSimulator(Simulator):
         super().load_state_dict(state)
         dev = self.model.factors[0].device
         self.active = state["active"].to(dev).clone()
-        for name in ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated"):
-            if name in state:  # checkpoints written before plateau mode existed
+        for name in _RUN_STATE:
+            if name in state:  # checkpoints written before plateau mode (or the code phase) existed
                 setattr(self, name, state[name].to(dev).clone())

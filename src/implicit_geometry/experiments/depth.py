@@ -3,11 +3,16 @@
 For every (d, L) cell, ``seeds`` runs from Gaussian initialization (std ``init_std``) are trained together (one
 batched :class:`~implicit_geometry.depth.stepping.PathSimulator`) until each reaches the terminal phase (smallest
 margin >= ``target_margin``, so the loss is below ``N (K-1) e^-target_margin``, and the logit norm has grown by
-``norm_factor``) or ``max_steps``. Recorded per run: the ETF distance of ``dZ/dt`` at initialization (class
-means), the ETF distance of the class-mean logits when their norm first exceeds ``norm_factor`` times its initial
-value, and at the end the effective/stable/numerical rank of the class-mean logits and the learned code (Gram
-factor, adjacent angles, best-matching softmax code). Runs that did not reach the terminal phase are flagged and
-left out of the rank statistics.
+``norm_factor``) or ``max_steps``. Then (``code=True``, the default) each terminal run continues into the *code
+phase* (:meth:`~implicit_geometry.depth.stepping.PathSimulator.start_code`): scale-free normalized steps until its
+direction, which is what gradient descent converges to, has converged (normalized margin no longer growing), so
+the geometry read is the limit one and not a snapshot at margin ``target_margin`` (at L >= 6 that snapshot is a
+lopsided rank-2 code, tens of degrees from the regular K-gon it converges to). Recorded per run: the ETF distance
+of ``dZ/dt`` at initialization (class means), the ETF distance of the class-mean logits when their norm first
+exceeds ``norm_factor`` times its initial value, the ranks at the terminal point (``terminal_*``), and at the end
+the effective/stable/numerical rank of the class-mean logits and the learned code (Gram factor, adjacent angles,
+best-matching softmax code). Runs that did not reach the terminal phase are flagged and left out of the rank
+statistics; so is the code of a run whose code phase did not converge within ``code_max_steps`` (flagged).
 
 Conventions: CE summed over samples, depth counts weight matrices (L+1 factors), ``n`` samples per class.
 """
@@ -26,7 +31,7 @@ import torch
 from implicit_geometry._validation import InvalidParameterError, check_bool, check_choice, check_float, check_int
 from implicit_geometry.depth.curvature import tangent_logits
 from implicit_geometry.depth.reading import read_geometry
-from implicit_geometry.depth.stepping import PathSimulator
+from implicit_geometry.depth.stepping import CODE_ASCENT, CODE_SETTLE, PathSimulator
 from implicit_geometry.experiments.base import (
     ExperimentConfig,
     Interrupted,
@@ -43,6 +48,7 @@ from implicit_geometry.train.losses import CrossEntropy
 from implicit_geometry.train.simulator import OptimizerConfig, record_steps
 
 STEPPERS = ("path", "ngd", "gd")
+SETTLE_STEPS = 500  # steps of code_step / 10 that end the code phase (they damp its O(code_step) chatter)
 
 
 @dataclass
@@ -62,6 +68,9 @@ class DepthConfig(ExperimentConfig):
     max_steps: int = 3000
     target_margin: float = 10.0
     norm_factor: float = 10.0
+    code: bool = True
+    code_step: float = 0.01
+    code_max_steps: int = 20000
     check_every: int = 10
     records: int = 60
     rank_tol: float = 0.05
@@ -87,16 +96,22 @@ class DepthConfig(ExperimentConfig):
         self.max_steps = check_int("max_steps", self.max_steps, minimum=1)
         self.target_margin = check_float("target_margin", self.target_margin, minimum=0.0, strict_min=True)
         self.norm_factor = check_float("norm_factor", self.norm_factor, minimum=1.0, strict_min=True)
+        self.code = check_bool("code", self.code)
+        self.code_step = check_float("code_step", self.code_step, minimum=0.0, maximum=0.1, strict_min=True)
+        self.code_max_steps = check_int("code_max_steps", self.code_max_steps, minimum=1)
         self.check_every = check_int("check_every", self.check_every, minimum=1)
         self.records = check_int("records", self.records, minimum=2)
         self.rank_tol = check_float("rank_tol", self.rank_tol, minimum=0.0, maximum=1.0, strict_min=True)
         return self
 
-
-
     @property
     def cells(self) -> list[tuple[int, int]]:
         return [(d, L) for d in self.dims for L in self.depths]
+
+    @property
+    def total_steps(self) -> int:
+        """Steps a cell may take: ``max_steps`` to reach the terminal phase, then the code phase and its settling."""
+        return self.max_steps + (self.code_max_steps + SETTLE_STEPS if self.code else 0)
 
 
 class _Cell:
@@ -110,7 +125,8 @@ class _Cell:
         loss = CrossEntropy(run.labels, run.K, device=run.device)
         opt = OptimizerConfig(name="ngd" if c.optimizer == "path" else c.optimizer, lr=c.lr)
         self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path", plateau=c.plateau,
-                                 plateau_budget=c.plateau_budget)
+                                 plateau_budget=c.plateau_budget, code_step=c.code_step, code_margin=c.target_margin,
+                                 code_max_steps=c.code_max_steps, settle_steps=SETTLE_STEPS)
         self.run = run
         B = c.seeds
         self.init_logit_norm = torch.linalg.matrix_norm(model.logits()).cpu().numpy()
@@ -118,6 +134,8 @@ class _Cell:
         self.grown_step = np.full(B, -1)
         self.done_step = np.full(B, -1)
         self.diverged_step = np.full(B, -1)  # step at which a run's logits stopped being finite (a too-large --lr)
+        self.stop_step = np.full(B, -1)  # step at which a run that never became terminal stopped (max_steps, or stalled)
+        self.terminal_means = np.full((B, run.K, run.K), np.nan)  # class-mean logits when the run became terminal
         self.history: list[dict[str, Any]] = []
         chain = model.forward_chain()
         G, _ = loss.scaled_gradient(chain[-1])
@@ -126,13 +144,17 @@ class _Cell:
 
     def state(self) -> dict[str, Any]:
         return {"sim": self.sim.state_dict(), "grown_etf": self.grown_etf, "grown_step": self.grown_step,
-                "done_step": self.done_step, "diverged_step": self.diverged_step, "history": self.history}
+                "done_step": self.done_step, "diverged_step": self.diverged_step, "stop_step": self.stop_step,
+                "terminal_means": self.terminal_means,
+                "history": self.history}
 
     def load(self, s: dict[str, Any]) -> None:
         self.sim.load_state_dict(s["sim"])
         self.grown_etf, self.grown_step, self.done_step = s["grown_etf"], s["grown_step"], s["done_step"]
         self.history = s["history"]
         self.diverged_step = s.get("diverged_step", np.full(len(self.done_step), -1))
+        self.terminal_means = s.get("terminal_means", self.terminal_means)
+        self.stop_step = s.get("stop_step", self.stop_step)
 
     def diverged(self, Z: torch.Tensor, log_loss: torch.Tensor, norm: torch.Tensor | None = None) -> np.ndarray:
         """Which runs have diverged (non-finite logits, norm or loss: the step was too large for them). They are frozen and
@@ -159,7 +181,16 @@ class _Cell:
                 self.grown_etf[b] = normalized_distance(run.class_means(Z[b]), run.etf)
             if self.done_step[b] < 0 and margin[b] >= run.config.target_margin and self.grown_step[b] >= 0:
                 self.done_step[b] = sim.step
-        sim.active = torch.as_tensor((self.done_step < 0) & ~bad, device=Z.device)
+                self.terminal_means[b] = run.class_means(Z[b])
+        terminal = torch.as_tensor(self.done_step >= 0, device=Z.device)
+        if run.config.code:
+            sim.start_code(terminal)
+        coding = (sim.code_phase == CODE_ASCENT) | (sim.code_phase == CODE_SETTLE)
+        # runs still heading for the terminal phase (until max_steps), and terminal runs in their code phase
+        pending = ~terminal & (sim.step < run.config.max_steps) & ~sim.stalled
+        sim.active = (pending | (terminal & coding)) & torch.as_tensor(~bad, device=Z.device)
+        stopped = (~terminal & ~pending).cpu().numpy() & (self.stop_step < 0)
+        self.stop_step[stopped] = sim.step
 
     def record(self) -> None:
         run, sim = self.run, self.sim
@@ -181,9 +212,9 @@ class _Cell:
 
     def train(self, stop, deadline: float, bar) -> bool:
         c = self.run.config
-        marks = set(record_steps(c.max_steps, c.records))
+        marks = set(record_steps(c.total_steps, c.records))
         sim = self.sim
-        while sim.step < c.max_steps:
+        while sim.step < c.total_steps:
             # every step while a run takes implicit steps: one of those can move the margin by several units
             if sim.step % c.check_every == 0 or bool((sim.stiff & sim.active).any()):
                 self.check()
@@ -216,22 +247,47 @@ class _Cell:
             M = run.class_means(Z[b])
             g = read_geometry(M, tol=run.config.rank_tol, restarts=3, fit_code=True, code_cache=run.code_cache)
             terminal = bool(self.done_step[b] >= 0)
+            coded = terminal and run.config.code
+            at_terminal: dict[str, Any] = {}
+            if terminal:  # the reading at the terminal point (margin target_margin), before the code phase
+                Mt = self.terminal_means[b]
+                gt = g if not coded else read_geometry(Mt, tol=run.config.rank_tol, fit_code=False)
+                at_terminal = {"terminal_effective_rank": gt.effective_rank, "terminal_numerical_rank": gt.numerical_rank,
+                               "terminal_max_angle_error_deg": _angle_error(gt, run.K)}
             out.append({
                 "dim": self.d, "depth": self.L, "seed": seed, "terminal": terminal, "diverged": False,
-                "steps": int(self.done_step[b]) if terminal else int(self.sim.step),
+                "steps": int(self.done_step[b]) if terminal else int(self.stop_step[b] if self.stop_step[b] >= 0 else self.sim.step),
+                "code_steps": int(self.sim.code_steps[b]) if coded else None,
+                "code_converged": bool(self.sim.code_converged[b]) if coded else None,
+                **at_terminal,
                 "log10_loss": float(log_loss[b]), "min_margin": float(margin[b]),
                 "init_dz_etf_distance": float(self.init_dz_etf[b]),
                 "grown_etf_distance": None if self.grown_step[b] < 0 else float(self.grown_etf[b]),
                 "grown_step": int(self.grown_step[b]),
                 "plateau_steps": int(self.sim.plateau_steps[b]),
                 "plateau_newton_iterations": int(self.sim.newton_iterations[b]),
+                "plateau_flow_time": float(self.sim.plateau_time[b]),
+                # stopped on the rank-1 saddle: its escape was predicted far beyond the plateau budget (flow time from
+                # the saddle; None where not predicted, or not finite: sigma_2 was not growing)
+                "stalled": bool(self.sim.stalled[b]),
+                "predicted_escape_flow_time": _finite_or_none(self.sim.predicted_escape[b]),
                 "effective_rank": g.effective_rank, "stable_rank": g.stable_rank, "numerical_rank": g.numerical_rank,
                 "etf_distance": g.etf_distance, "code_distance": g.code_distance, "code_value_ratio": g.code_value_ratio,
                 "adjacent_angles_deg": g.adjacent_angles.tolist(),
-                "max_angle_error_deg": float(np.abs(g.adjacent_angles - 360.0 / run.K).max()) if g.numerical_rank == 2 else None,
+                "max_angle_error_deg": _angle_error(g, run.K),
                 "gram_factor": g.gram_factor.tolist(), "mean_logits": M.tolist(),
             })
         return out
+
+
+def _finite_or_none(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _angle_error(g, K: int) -> float | None:
+    """Largest |adjacent angle - 360/K| (degrees) of a rank-2 reading; None for other ranks."""
+    return float(np.abs(g.adjacent_angles - 360.0 / K).max()) if g.numerical_rank == 2 else None
 
 
 class DepthRun:
@@ -279,7 +335,7 @@ class DepthRun:
     def train(self, progress: bool = True) -> None:
         c = self.config
         cells = c.cells
-        bar = progress_bar(len(cells) * c.max_steps, "depth", progress)
+        bar = progress_bar(len(cells) * c.total_steps, "depth", progress)
         with interruptible() as stop, bar:
             while self.cell_index < len(cells):
                 d, L = cells[self.cell_index]
@@ -296,7 +352,7 @@ class DepthRun:
                     continue
                 self.results.extend(self.cell.results())
                 self.histories.extend(self.cell.history)
-                bar.update(c.max_steps - self.cell.sim.step)
+                bar.update(c.total_steps - self.cell.sim.step)
                 self.cell = None
                 self.cell_index += 1
 
@@ -308,13 +364,20 @@ class DepthRun:
         for d, L in c.cells:
             rows = [r for r in res if r["dim"] == d and r["depth"] == L]
             term = [r for r in rows if r["terminal"]]
-            er = [r["effective_rank"] for r in term]
+            read = [r for r in term if r.get("code_converged") is not False]  # the runs whose geometry is reported
+            er = [r["effective_rank"] for r in read]
+            ter = [r["terminal_effective_rank"] for r in term]
             table.append({
                 "dim": d, "depth": L, "terminal_runs": len(term), "runs": len(rows),
                 "diverged_runs": sum(bool(r.get("diverged")) for r in rows),
                 "effective_rank_mean": float(np.mean(er)) if er else None,
                 "effective_rank_std": float(np.std(er)) if er else None,
-                "numerical_ranks": [r["numerical_rank"] for r in term],
+                "numerical_ranks": [r["numerical_rank"] for r in read],
+                # the code phase did not converge within code_max_steps: terminal, but no limit code to report
+                "code_unconverged_runs": sum(1 for r in rows if r.get("code_converged") is False),
+                "terminal_effective_rank_mean": float(np.mean(ter)) if ter else None,
+                "max_angle_error_deg": max((r["max_angle_error_deg"] for r in read if r["max_angle_error_deg"] is not None),
+                                           default=None),
                 "init_dz_etf_distance_mean": float(np.mean([r["init_dz_etf_distance"] for r in rows])),
                 "grown_etf_distance_mean": float(np.mean([r["grown_etf_distance"] for r in rows if r["grown_etf_distance"] is not None]))
                 if any(r["grown_etf_distance"] is not None for r in rows) else None,
@@ -322,11 +385,13 @@ class DepthRun:
                 # why the others are not terminal: still separating (margin < 0) at numerical rank 1 = the rank-1 saddle
                 "saddle_runs": sum(1 for r in rows if not r["terminal"] and not r.get("diverged")
                                    and r["numerical_rank"] == 1 and r["min_margin"] < 0),
+                "stalled_runs": sum(1 for r in rows if r.get("stalled")),
+                "predicted_escape_flow_times": [r.get("predicted_escape_flow_time") for r in rows if r.get("stalled")],
             })
         summary = {
             "experiment": "depth", "K": self.K, "n": c.samples_per_class, "N": self.N, "dims": c.dims, "depths": c.depths,
             "init_std": c.init_std, "seeds": self.seed_list, "optimizer": c.optimizer, "eta": c.eta,
-            "plateau": c.plateau,
+            "plateau": c.plateau, "code": c.code, "code_step": c.code_step,
             "reduction": "sum", "target_margin": c.target_margin, "seconds": round(self.seconds, 3),
             "table": table, "runs": [{k: v for k, v in r.items() if k not in ("gram_factor", "mean_logits")} for r in res],
         }
@@ -353,7 +418,9 @@ def verdict(summary: dict[str, Any]) -> list[str]:
     K = summary["K"]
     lines = [f"K={K}, n={summary['n']}, init std {summary['init_std']}, {len(summary['seeds'])} seed{'s' if len(summary['seeds']) != 1 else ''}, "
              f"{summary['optimizer']} steps" + (" (implicit on plateaus)" if summary.get("plateau") and summary["optimizer"] == "path" else "")
-             + f", {summary['seconds']:.1f} s"]
+             + f", {summary['seconds']:.1f} s"
+             + ("; geometry read at directional convergence (code phase), in brackets at the terminal point "
+                f"(margin {summary['target_margin']:g})" if summary.get("code") else "")]
     for row in summary["table"]:
         head = f"d={row['dim']:<4d} L={row['depth']:<3d}"
         diverged = row.get("diverged_runs", 0)
@@ -364,19 +431,40 @@ def verdict(summary: dict[str, Any]) -> list[str]:
             saddle = row.get("saddle_runs", 0)
             lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported): raise --max-steps"
                          + (f"; {saddle} run(s) on the rank-1 saddle (numerical rank 1, classes not yet separated: "
-                            f"see docs/depth.md)" if saddle else "")
+                            f"see docs/depth.md)" if saddle else "") + _stall_text(row)
                          + (f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr)" if diverged else ""))
             continue
+        unconverged = row.get("code_unconverged_runs", 0)
+        if row["effective_rank_mean"] is None:  # terminal, but no run's code phase converged
+            lines.append(f"{head} {row['terminal_runs']} run(s) terminal (effective rank {row['terminal_effective_rank_mean']:.2f} "
+                         f"at the terminal point), but the code phase did not converge in any within --code-max-steps: "
+                         "no limit geometry reported (raise --code-max-steps)")
+            continue
         msg = (f"{head} effective rank {row['effective_rank_mean']:.2f} +- {row['effective_rank_std']:.2f} "
-               f"(numerical ranks {row['numerical_ranks']}); ETF distance of dZ/dt(0) {row['init_dz_etf_distance_mean']:.2f}")
+               f"(numerical ranks {row['numerical_ranks']}"
+               + (f"; [{row['terminal_effective_rank_mean']:.2f}]" if summary.get("code") else "")
+               + (f"; rank-2 angles within {row['max_angle_error_deg']:.2f} deg of {360 / K:g}" if row.get("max_angle_error_deg") is not None else "")
+               + f"); ETF distance of dZ/dt(0) {row['init_dz_etf_distance_mean']:.2f}")
+        if unconverged:
+            msg += f"; {unconverged} run(s) whose code phase did not converge within --code-max-steps, left out"
         if row["terminal_runs"] < row["runs"] - diverged:
             msg += f"; {row['runs'] - diverged - row['terminal_runs']} run(s) not terminal, left out"
             if row.get("saddle_runs"):
-                msg += f" ({row['saddle_runs']} on the rank-1 saddle)"
+                msg += f" ({row['saddle_runs']} on the rank-1 saddle{_stall_text(row)})"
         if diverged:
             msg += f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr), left out"
         lines.append(msg)
     return lines
+
+
+def _stall_text(row: dict[str, Any]) -> str:
+    """What the verdict says of runs that stopped on the saddle because their escape was predicted far away."""
+    if not row.get("stalled_runs"):
+        return ""
+    times = [t for t in row.get("predicted_escape_flow_times", []) if t is not None]
+    when = (f"predicted escape after a flow time of {min(times):.0f}-{max(times):.0f} from the saddle" if times
+            else "the second mode was not growing")
+    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget"
 
 
 def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,

@@ -40,11 +40,18 @@ def _int_list(name: str, text: str) -> list[int]:
 @click.option("--lr", type=float, default=1.0, show_default=True, help="ngd/gd step (not used by path).")
 @click.option("--max-steps", type=int, default=3000, show_default=True, help="Cap per run; runs not terminal by then are flagged.")
 @click.option("--target-margin", type=float, default=10.0, show_default=True, help="Terminal phase: smallest margin at least this.")
+@click.option("--code/--no-code", default=True, show_default=True,
+              help="After the terminal phase, normalized steps until the direction converges; the geometry is read there "
+                   "(--no-code: read at --target-margin).")
+@click.option("--code-step", type=float, default=0.01, show_default=True,
+              help="Code phase: relative step length (the reading is accurate to O(code-step)).")
+@click.option("--code-max-steps", type=int, default=20000, show_default=True,
+              help="Code phase: at most this many steps per run; runs not converged by then are flagged and left out.")
 @click.option("--norm-factor", type=float, default=10.0, show_default=True, help="Record Z's ETF distance when ||Z|| has grown by this factor.")
 @click.option("--rank-tol", type=float, default=0.05, show_default=True, help="Numerical rank: singular values above rank_tol * largest.")
 @common_run_options
 def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, plateau, plateau_budget, lr, max_steps,
-            target_margin, norm_factor, rank_tol, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
+            target_margin, code, code_step, code_max_steps, norm_factor, rank_tol, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Sweep depth and width of the deep UFM from random init: effective rank, learned softmax code, ETF distances."""
     from implicit_geometry.experiments.depth import DepthConfig, run_depth
 
@@ -55,6 +62,6 @@ def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, 
         classes=classes, samples_per_class=samples_per_class, dims=_int_list("dims", dims), depths=_int_list("depths", depths),
         init_std=init_std, seeds=seeds, first_seed=first_seed, optimizer=optimizer, eta=eta, plateau=plateau,
         plateau_budget=plateau_budget, lr=lr, max_steps=max_steps,
-        target_margin=target_margin, norm_factor=norm_factor, rank_tol=rank_tol, device=device,
+        target_margin=target_margin, code=code, code_step=code_step, code_max_steps=code_max_steps, norm_factor=norm_factor, rank_tol=rank_tol, device=device,
     )
     emit_summary(run_depth(config, out, progress=not quiet), as_json)

@@ -374,29 +374,32 @@ def test_plateau_steps_escape_rank1_saddle_and_resume_exactly():
 
 def test_stall_rule_predicts_the_blow_up_of_the_second_mode():
     """A plateau run gives up when the blow-up of ``d sigma_2/dt = c sigma_2^p`` (p = 2L/(L+1)), extrapolated from
-    sigma_2's mean growth rate since the saddle, lies more than 3x beyond the flow time its remaining budget buys."""
+    sigma_2's growth rate since the last check, lies beyond 1.5x the flow time its remaining budget buys (implicit
+    steps left at max(0.5, dt, mean dt) each), and more than 10 units away."""
     K, L = 4, 3
     labels = np.arange(K)
     m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=L, batch=1, init_std=0.1, seeds=[0])
 
-    def stall(budget, dt=0.1, t=10.0):
+    def stall(budget, dt=0.1, t=10.0, log_growth=0.1):
         sim = PathSimulator(m.clone(), CrossEntropy(labels, K), plateau_budget=budget)
-        sim.entry_log_sigma2[0], sim.plateau_time[0], sim.plateau_steps[0], sim.stiff[0], sim.dt[0] = 0.0, t, 50, True, dt
-        Z = torch.diag(torch.tensor([5.0, math.exp(0.1), 0.0, 0.0], dtype=torch.float64))[None]  # sigma_2 grew by e^0.1
+        sim.ref_log_sigma2[0], sim.ref_time[0], sim.plateau_time[0] = 0.0, 0.0, t
+        sim.plateau_steps[0], sim.stiff[0], sim.dt[0] = 50, True, dt
+        Z = torch.diag(torch.tensor([1e3, math.exp(log_growth), 0.0, 0.0], dtype=torch.float64))[None]
         sim._check_stall(0, Z)
         return sim
 
-    # rate 0.01 per unit, p - 1 = 1/2: escape predicted at flow time 200; 190 more units against 3 x (budget - 50) x
-    # max(dt, mean dt 10/50)
-    s = stall(300)
-    assert abs(float(s.predicted_escape[0]) - 200.0) < 1e-9
-    assert bool(s.stalled[0]) and not bool(s.stiff[0]) and int(s.plateau_steps[0]) == 300
-    s = stall(400)  # 3 x 350 x 0.2 = 210 > 190: it goes on
-    assert not bool(s.stalled[0]) and bool(s.stiff[0])
-    s = stall(300, dt=0.3)  # the present dt buys 3 x 250 x 0.3 = 225
-    assert not bool(s.stalled[0])
-    s = stall(300, t=5.0)  # too early to judge: no prediction yet
+    # rate 0.01 per unit, p - 1 = 1/2: 200 more units, escape predicted at flow time 210; the budget buys
+    # (200 - 50) x max(0.5, 0.1, 10/50) = 75 units, 1.5 x 75 < 200
+    s = stall(200)
+    assert abs(float(s.predicted_escape[0]) - 210.0) < 1e-9 and float(s.ref_time[0]) == 10.0
+    assert bool(s.stalled[0]) and not bool(s.stiff[0]) and int(s.plateau_steps[0]) == 200
+    assert not bool(stall(350).stalled[0])  # 1.5 x 300 x 0.5 = 225 > 200: it goes on
+    assert not bool(stall(200, dt=0.9).stalled[0])  # the present dt buys 1.5 x 150 x 0.9 = 202.5
+    s = stall(200, t=0.5)  # under one unit of flow time since the last check: no rate yet
     assert not bool(s.stalled[0]) and math.isnan(float(s.predicted_escape[0]))
+    assert not bool(stall(200, log_growth=-0.1).stalled[0])  # sigma_2 dipped: no judgement before 20 units
+    assert bool(stall(200, t=25.0, log_growth=-0.1).stalled[0])  # not growing after 25: hopeless
+    assert not bool(stall(51, log_growth=5.0).stalled[0])  # 4 units to go: an escape under way is never stopped
 
 
 def _train_with_code(sim, labels, margin, max_steps=30000, stop=None):

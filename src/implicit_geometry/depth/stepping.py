@@ -94,12 +94,13 @@ __all__ = ["CODE_ASCENT", "CODE_DONE", "CODE_OFF", "CODE_SETTLE", "PathSimulator
 # code phase of a run (PathSimulator.code_phase)
 CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
 # per-run state that a checkpoint carries besides ``active``
-_RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated", "plateau_time",
-              "entry_log_sigma2", "predicted_escape", "stalled", "code_phase", "code_steps", "settled", "best_log_gamma",
-              "window_log_gamma", "code_converged")
-# a plateau run is checked for a hopeless escape from this many implicit steps on (every 25), and gives up when the
-# predicted escape lies more than STALL_FACTOR times beyond what the rest of its budget buys
-STALL_AFTER, STALL_FACTOR, STALL_MIN_TIME = 50, 3.0, 10.0
+_RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated",
+              "plateau_time", "ref_log_sigma2", "ref_time", "predicted_escape", "stalled",
+              "code_phase", "code_steps", "settled", "best_log_gamma", "window_log_gamma", "code_converged")
+# a plateau run is checked for a hopeless escape from STALL_AFTER implicit steps on (every 25); see _check_stall
+# (FLOW_PER_STEP: flow time an implicit step covers over a whole plateau, measured 0.44-0.62 at L = 9-10; dt is
+# far smaller in a plateau's first tens of steps, so the present dt alone would judge too early)
+STALL_AFTER, STALL_FACTOR, FLOW_PER_STEP, STALL_MIN_REMAINING = 50, 1.5, 0.5, 10.0
 
 
 def logit_spread(Z: torch.Tensor) -> torch.Tensor:
@@ -222,10 +223,11 @@ class PathSimulator(Simulator):
         self.newton_iterations = torch.zeros(B, dtype=torch.long, device=dev)
         self.dt_floor = torch.zeros(B, dtype=torch.float64, device=dev)  # below it, give up plateau mode
         self.separated = torch.zeros(B, dtype=torch.bool, device=dev)  # every sample classified at the last window mark
-        # how long a run has been on its plateau (flow time of the accepted implicit steps), the second singular value
-        # of its class-mean logits when it got there, and when the escape is predicted (see _check_stall)
+        # how long a run has been on its plateau (flow time of the accepted implicit steps), log sigma_2 of its
+        # class-mean logits at the last check (at first: on entry) and when, and the predicted escape (_check_stall)
         self.plateau_time = torch.zeros(B, dtype=torch.float64, device=dev)
-        self.entry_log_sigma2 = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+        self.ref_log_sigma2 = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+        self.ref_time = torch.zeros(B, dtype=torch.float64, device=dev)
         self.predicted_escape = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
         self.stalled = torch.zeros(B, dtype=torch.bool, device=dev)  # gave up: the escape is far beyond the budget
         k, labels = loss.num_classes, loss.labels
@@ -250,6 +252,30 @@ class PathSimulator(Simulator):
                                       self.code_phase)
 
     def update(self) -> None:
+        if self.path and not bool(self.active.all()):
+            # only the active runs are computed: a cell often waits on one run's code phase or plateau while the
+            # others are done. Their factors and per-run state are cut out, stepped and put back.
+            idx = self.active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                self.step += 1
+                return
+            full, state = self.model, {name: getattr(self, name) for name in ("active",) + _RUN_STATE}
+            self.model = DeepUFM([F[idx] for F in full.factors])
+            for name, value in state.items():
+                setattr(self, name, value[idx])
+            try:
+                self._update()
+            finally:
+                for F, Fs in zip(full.factors, self.model.factors):
+                    F[idx] = Fs
+                for name, value in state.items():
+                    value[idx] = getattr(self, name)
+                    setattr(self, name, value)
+                self.model = full
+            return
+        self._update()
+
+    def _update(self) -> None:
         coding = self.active & ((self.code_phase == CODE_ASCENT) | (self.code_phase == CODE_SETTLE))
         if not self.path:
             moving = self.active & ~coding
@@ -367,9 +393,9 @@ class PathSimulator(Simulator):
                      & (self.ref_log_loss - log_loss < self.flat_tol))
             # start from 100 explicit steps' flow time (the move cap adapts it at once)
             self.dt = torch.where(enter, 100.0 * dt_explicit, self.dt)
-            first = enter & torch.isnan(self.entry_log_sigma2)
+            first = enter & torch.isnan(self.ref_log_sigma2)
             if bool(first.any()):
-                self.entry_log_sigma2 = torch.where(first, self._log_sigma2(Z), self.entry_log_sigma2)
+                self.ref_log_sigma2 = torch.where(first, self._log_sigma2(Z), self.ref_log_sigma2)
             self.dt_floor = torch.where(enter, 1e-4 * dt_explicit, self.dt_floor)
             self.stiff |= enter
             self.ref_log_loss = log_loss
@@ -407,27 +433,34 @@ class PathSimulator(Simulator):
         return torch.log(torch.linalg.svdvals(Z.to(torch.float64) @ self._class_avg)[:, 1].clamp_min(1e-300))
 
     def _check_stall(self, b: int, Z: torch.Tensor) -> None:
-        """Predict when run ``b`` leaves its rank-1 saddle and give up if that is far beyond the plateau budget.
+        """Predict when run ``b`` leaves its rank-1 saddle, and give up if that is beyond its plateau budget.
 
-        On the saddle the second mode of the class-mean logits grows like ``d sigma_2/dt = c sigma_2^p``,
-        ``p = 2L/(L+1)``, which blows up after a flow time ``1/((p-1) r)`` from a start with relative growth rate r
-        (docs/depth.md, "How long the saddle lasts": within 1.1-1.5x of the observed escapes). r is measured as the
-        mean rate since the run reached its plateau, which exceeds the starting rate of a blow-up, so the prediction
-        errs early (measured at the first check: 80 for an escape at 88, L = 10; 110 for 146, L = 9). If the
-        predicted escape lies more than STALL_FACTOR times beyond the flow time the rest of the budget buys (at the
-        present dt, or the mean so far if larger: dt grows by 10x on a saddle once its fast transient has passed),
-        the run stops: it is flagged, with the prediction, instead of spending its budget on the saddle. Not judged
-        before a flow time of STALL_MIN_TIME on the plateau (sigma_2 may first dip)."""
-        t = float(self.plateau_time[b])
-        if t < STALL_MIN_TIME:
+        On the saddle the second singular value of the class-mean logits grows like ``d sigma_2/dt = c sigma_2^p``,
+        ``p = 2L/(L+1)``, which blows up a flow time ``1/((p-1) r)`` after a point where its relative growth rate is
+        r. r is measured since the previous check (at least one unit of flow time back), so the prediction follows
+        the growth as it speeds up: measured at L = 10, the first prediction (flow time 2.6-4.7 into the plateau)
+        is 194 for an escape at 205 and 282 for one at ~316 (docs/depth.md). The run stops, flagged with the
+        prediction, when the predicted remaining flow time exceeds both STALL_MIN_REMAINING (an escape under way is
+        never stopped) and STALL_FACTOR times what its budget still buys: the implicit steps left at FLOW_PER_STEP
+        each, or at the present or mean dt where larger. A saddle whose sigma_2 has not grown for 20 units of flow
+        time stops as well."""
+        t, t_ref = float(self.plateau_time[b]), float(self.ref_time[b])
+        if t - t_ref < 1.0:  # too little flow time since the last check to measure a rate
             return
+        log_s2 = float(self._log_sigma2(Z)[0])
+        rate = (log_s2 - float(self.ref_log_sigma2[b])) / (t - t_ref)
+        self.ref_log_sigma2[b], self.ref_time[b] = log_s2, t
         p = 2.0 * self.model.depth / (self.model.depth + 1)
-        rate = (float(self._log_sigma2(Z)[0]) - float(self.entry_log_sigma2[b])) / max(t, 1e-300)
-        escape = 1.0 / ((p - 1.0) * rate) if rate > 0 and p > 1 else math.inf
-        self.predicted_escape[b] = escape
+        if rate > 0 and p > 1:
+            remaining = 1.0 / ((p - 1.0) * rate)
+        elif t >= 20.0:
+            remaining = math.inf
+        else:  # sigma_2 may dip as a run settles onto its plateau: no judgement yet
+            return
+        self.predicted_escape[b] = t + remaining
         steps = int(self.plateau_steps[b])
-        affordable = (self.plateau_budget - steps) * max(float(self.dt[b]), t / steps)
-        if escape - t > STALL_FACTOR * affordable:
+        affordable = max(self.plateau_budget - steps, 0) * max(float(self.dt[b]), t / steps, FLOW_PER_STEP)
+        if remaining > max(STALL_MIN_REMAINING, STALL_FACTOR * affordable):
             self.stalled[b] = True
             self.stiff[b] = False
             self.plateau_steps[b] = self.plateau_budget  # no re-entry

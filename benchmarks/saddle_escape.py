@@ -61,13 +61,13 @@ def check() -> int:
     v = [torch.randn(F.shape, dtype=F.dtype, generator=torch.Generator().manual_seed(i)) for i, F in enumerate(m.factors)]
 
     def gradient(model):
-        chain = model.forward_chain()
-        G, ls = loss.scaled_gradient(chain[-1])
+        chain = model.chain()
+        G, ls = loss.scaled_gradient(chain.logits)
         g = G * torch.exp(ls)[:, None, None]
-        return chain, g, model.backward(chain, g)
+        return chain, g, chain.pullback(g)
 
     chain, g, _ = gradient(m)
-    Hv = hessian_vector_product(m, chain, g, softmax_root(loss, chain[-1]), v)
+    Hv = hessian_vector_product(chain, g, softmax_root(loss, chain.logits), v)
     eps = 1e-5
     plus = gradient(DeepUFM([F + eps * u for F, u in zip(m.factors, v)]))[2]
     minus = gradient(DeepUFM([F - eps * u for F, u in zip(m.factors, v)]))[2]

@@ -22,7 +22,6 @@ from implicit_geometry.depth.codes import (
 )
 from implicit_geometry.depth.curvature import (
     GaussNewtonSystem,
-    directional_chain,
     hessian_vector_product,
     logit_hessian_apply,
     param_dot,
@@ -190,15 +189,15 @@ def _small(L=3, std=0.3, batch=2, K=4, d=6):
 
 def test_tangent_logits_matches_finite_difference():
     m, loss = _small()
-    chain = m.forward_chain()
-    G, ls = loss.scaled_gradient(chain[-1])
-    grads = m.backward(chain, G)
-    T = tangent_logits(m, chain, grads)
+    chain = m.chain()
+    G, ls = loss.scaled_gradient(chain.logits)
+    grads = chain.pullback(G)
+    T = tangent_logits(chain, grads)
     eps = 1e-6
     m2 = m.clone()
     for F, g in zip(m2.factors, grads):
         F.sub_(eps * g)
-    fd = (m2.logits() - chain[-1]) / eps
+    fd = (m2.logits() - chain.logits) / eps
     assert torch.allclose(T, fd, atol=1e-5 * float(T.abs().max()))
 
 
@@ -252,10 +251,10 @@ def test_path_stepping_runs_at_depth_where_gd_diverges():
 
 
 def _gradient(m, loss):
-    chain = m.forward_chain()
-    G, ls = loss.scaled_gradient(chain[-1])
+    chain = m.chain()
+    G, ls = loss.scaled_gradient(chain.logits)
     g = G * torch.exp(ls)[:, None, None]
-    return chain, g, m.backward(chain, g)
+    return chain, g, chain.pullback(g)
 
 
 def _shifted_weighted_loss():
@@ -266,15 +265,16 @@ def _direction(m, seed=0):
     return [torch.randn(F.shape, dtype=F.dtype, generator=torch.Generator().manual_seed(seed + i)) for i, F in enumerate(m.factors)]
 
 
-def test_hessian_vector_product_matches_finite_differences():
+@pytest.mark.parametrize("L", [1, 2, 3, 5])
+def test_hessian_vector_product_matches_finite_differences(L):
     """The hand-written forward-over-reverse product against central differences of the gradient and against
     autograd's double backward, with a weighted, shifted loss (the Gauss-Newton part alone would fail: the residual
     part is of the same size at these logits)."""
-    m, _ = _small(L=3, std=0.8, K=4, d=5)
+    m, _ = _small(L=L, std=0.8, K=4, d=5)
     loss = _shifted_weighted_loss()
     v = _direction(m)
     chain, g, _ = _gradient(m, loss)
-    Hv = hessian_vector_product(m, chain, g, softmax_root(loss, chain[-1]), v)
+    Hv = hessian_vector_product(chain, g, softmax_root(loss, chain.logits), v)
     eps = 1e-5
     plus = _gradient(DeepUFM([F + eps * u for F, u in zip(m.factors, v)]), loss)[2]
     minus = _gradient(DeepUFM([F - eps * u for F, u in zip(m.factors, v)]), loss)[2]
@@ -286,8 +286,8 @@ def test_hessian_vector_product_matches_finite_differences():
     auto = torch.autograd.grad(grads, factors, v)
     for h, a in zip(Hv, auto):
         assert torch.allclose(h, a, atol=1e-10 * float(a.abs().max()))
-    S_Jv = logit_hessian_apply(softmax_root(loss, chain[-1]), directional_chain(m, chain, v)[-1])
-    gn_only = m.backward(chain, S_Jv)
+    S_Jv = logit_hessian_apply(softmax_root(loss, chain.logits), chain.push(v))
+    gn_only = chain.pullback(S_Jv)
     assert max(float((h - x).abs().max()) for h, x in zip(Hv, gn_only)) > 1e-3 * max(float(h.abs().max()) for h in Hv)
 
 
@@ -295,13 +295,13 @@ def test_gauss_newton_inverse_solves_its_system():
     """``x = (I + dt J^T S J)^{-1} v`` checked by applying ``I + dt J^T S J`` through forward/backward products."""
     m, _ = _small(L=3, std=0.7, K=4, d=5)
     loss = _shifted_weighted_loss()
-    chain = m.forward_chain()
+    chain = m.chain()
     dt = torch.tensor([0.3, 5.0], dtype=torch.float64)
-    system = GaussNewtonSystem(m, loss, chain, dt)
+    system = GaussNewtonSystem(loss, chain, dt)
     v = _direction(m, 7)
     x = system.inverse(v)
-    SJx = logit_hessian_apply(system.C, directional_chain(m, chain, x)[-1])
-    for xx, a, vv in zip(x, m.backward(chain, SJx), v):
+    SJx = logit_hessian_apply(system.C, chain.push(x))
+    for xx, a, vv in zip(x, chain.pullback(SJx), v):
         assert torch.allclose(xx + dt[:, None, None] * a, vv, atol=1e-10 * float(vv.abs().max()))
 
 

@@ -103,10 +103,30 @@ def test_deep_ufm_backward_matches_autograd(depth):
     factors = [F.clone().requires_grad_(True) for F in model.factors]
     Z = DeepUFM(factors).logits()
     auto = torch.autograd.grad((G * Z).sum(), factors)
-    manual = model.backward(model.forward_chain(), G)
+    chain = model.chain()
+    manual = chain.pullback(G)
     for a, m in zip(auto, manual):
         assert torch.allclose(a, m, rtol=1e-12, atol=1e-13)
     assert torch.allclose(model.classifier() @ model.H, model.logits(), rtol=1e-12)
+    assert torch.equal(chain.logits, model.logits())
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(4, 6, 5), (7, 3, 5)])  # (k, N, d): more samples than classes, and fewer
+def test_chain_push_and_right_products(depth, shape):
+    """``Chain.push`` is the Jacobian-vector product of the logits (against autograd's forward mode), and the right
+    products are the partial products ``F_l ... F_1 H``."""
+    k, n, d = shape
+    model = DeepUFM.random(num_classes=k, num_samples=n, dim=d, depth=depth, batch=2, init_std=0.6)
+    v = [torch.randn(F.shape, dtype=F.dtype, generator=torch.Generator().manual_seed(i)) for i, F in enumerate(model.factors)]
+    _, auto = torch.func.jvp(lambda *fs: DeepUFM(list(fs)).logits(), tuple(model.factors), tuple(v))
+    chain = model.chain()
+    assert torch.allclose(chain.push(v), auto, rtol=1e-12, atol=1e-13)
+    P = model.H
+    for l, R in enumerate(chain.right()):
+        assert torch.allclose(R, P, rtol=1e-12, atol=1e-14)
+        P = model.factors[l + 1] @ P
+    assert len(chain.right()) == depth
 
 
 PER_RUN = {

@@ -3,14 +3,16 @@ logits, the logit kernel ``J J^T``, exact Hessian-vector products, and the Gauss
 implicit steps. Pure functions on a batched :class:`~implicit_geometry.models.ufm.DeepUFM` (every quantity per run,
 so a run gives the same bits alone or batched with others).
 
-Notation: factors ``F_0 = H, F_1, ..., F_L``, chain ``P_l = F_l ... F_0`` (``model.forward_chain()``), logits
-``Z = P_L``, ``J`` the Jacobian of the logits in the parameters. A "vector" in parameter space is a list with one
-tensor per factor.
+Notation: factors ``F_0 = H, F_1, ..., F_L``, left products ``A_l = F_L ... F_{l+1}`` and right products
+``P_l = F_l ... F_0`` (a :class:`~implicit_geometry.models.ufm.Chain`), logits ``Z = A_0 H``, ``J`` the Jacobian of
+the logits in the parameters. A "vector" in parameter space is a list with one tensor per factor.
 """
 
 from __future__ import annotations
 
 import torch
+
+from implicit_geometry.models.ufm import Chain
 
 Params = list[torch.Tensor]
 
@@ -25,18 +27,9 @@ def param_norm(x: Params) -> torch.Tensor:
     return torch.sqrt(sum(torch.linalg.vector_norm(a, dim=(1, 2)) ** 2 for a in x))
 
 
-def directional_chain(model, chain: list[torch.Tensor], v: Params) -> list[torch.Tensor]:
-    """Forward-mode derivative of every partial product along ``v``: ``T_0 = v_0``, ``T_l = F_l T_{l-1} + v_l P_{l-1}``
-    (``T_L = J v``, the first-order change of the logits)."""
-    T = [v[0]]
-    for l in range(1, len(model.factors)):
-        T.append(model.factors[l] @ T[-1] + v[l] @ chain[l - 1])
-    return T
-
-
-def tangent_logits(model, chain: list[torch.Tensor], grads: Params) -> torch.Tensor:
-    """``dZ/dt`` under gradient flow ``dtheta/dt = -grads``: the forward-mode derivative of ``Z`` (B x k x N)."""
-    return directional_chain(model, chain, [-g for g in grads])[-1]
+def tangent_logits(chain: Chain, grads: Params) -> torch.Tensor:
+    """``dZ/dt`` under gradient flow ``dtheta/dt = -grads``: the push-forward of ``-grads`` (B x k x N)."""
+    return chain.push([-g for g in grads])
 
 
 def softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
@@ -70,43 +63,47 @@ def logit_hessian_apply(C: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bica,bida,bdi->bci", C, C, T)
 
 
-def logit_kernel(model, chain: list[torch.Tensor]) -> torch.Tensor:
+def logit_kernel(chain: Chain) -> torch.Tensor:
     """The neural tangent kernel of the logits, ``J J^T``, as B x k x k x N x N (entry ``[c, d, i, j]`` pairs logit
-    ``z_ci`` with ``z_dj``): ``sum_l (A_l A_l^T)[c, d] (B_l^T B_l)[i, j]`` with ``dZ = A_l dF_l B_l`` for factor l
-    (``A_l = F_L ... F_{l+1}``, ``B_l`` the product below it, ``I`` for H). One batched matmul over the layers."""
-    F = model.factors
-    Bsz, k, N = chain[-1].shape
-    A = torch.eye(k, dtype=F[0].dtype, device=F[0].device).expand(Bsz, k, k)
-    Ps, Bs = [], []
-    for l in range(len(F) - 1, -1, -1):
-        Ps.append(A @ A.transpose(1, 2))
-        Bs.append(torch.eye(N, dtype=F[0].dtype, device=F[0].device).expand(Bsz, N, N) if l == 0
-                  else chain[l - 1].transpose(1, 2) @ chain[l - 1])
-        A = A @ F[l]
-    P = torch.stack(Ps, dim=-1).reshape(Bsz, k * k, len(F))
-    Bg = torch.stack(Bs, dim=1).reshape(Bsz, len(F), N * N)
+    ``z_ci`` with ``z_dj``): ``sum_l (A_l A_l^T)[c, d] (P_{l-1}^T P_{l-1})[i, j]`` (``dZ = A_l dF_l P_{l-1}``;
+    ``A_L = I``, ``P_{-1} = I``). One batched matmul over the layers."""
+    L, Z = chain.depth, chain.logits
+    Bsz, k, N = Z.shape
+    eye_k = torch.eye(k, dtype=Z.dtype, device=Z.device).expand(Bsz, k, k)
+    eye_n = torch.eye(N, dtype=Z.dtype, device=Z.device).expand(Bsz, N, N)
+    right = chain.right()
+    Ps = [A @ A.transpose(1, 2) for A in chain.left] + [eye_k]
+    Bs = [eye_n] + [P.transpose(1, 2) @ P for P in right]
+    P = torch.stack(Ps, dim=-1).reshape(Bsz, k * k, L + 1)
+    Bg = torch.stack(Bs, dim=1).reshape(Bsz, L + 1, N * N)
     return (P @ Bg).reshape(Bsz, k, k, N, N)
 
 
-def hessian_vector_product(model, chain: list[torch.Tensor], grad_logits: torch.Tensor, C: torch.Tensor,
-                           v: Params) -> Params:
-    """The exact Hessian of the loss times ``v``, per run: ``J^T S J v`` (Gauss-Newton part) plus the residual part
-    ``(d/de) J(theta + e v)^T g`` (g = ``grad_logits``, the loss gradient in the logits; C from :func:`softmax_root`).
+def hessian_vector_product(chain: Chain, grad_logits: torch.Tensor, C: torch.Tensor, v: Params) -> Params:
+    """The exact Hessian of the loss times ``v``, per run: ``J^T S J v`` (Gauss-Newton part, ``u = S J v``) plus the
+    residual part ``(d/de) J(theta + e v)^T g`` (g = ``grad_logits``, the loss gradient in the logits; C from
+    :func:`softmax_root`).
 
-    Forward-over-reverse by hand: the backward recursion ``D_L = g``, ``D_{l-1} = F_l^T D_l``, ``grad_l = D_l P_{l-1}^T``
-    differentiated along v (``dD_L = S J v``, ``dD_{l-1} = F_l^T dD_l + v_l^T D_l``,
-    ``dgrad_l = dD_l P_{l-1}^T + D_l T_{l-1}^T``), so one forward-mode and one backward pass, no autograd graph.
+    The gradient is ``A_l^T g P_{l-1}^T`` per factor; differentiated along v by hand (forward-over-reverse, no
+    autograd graph): ``A_l^T Q_{l-1}^T + dA_l^T R_{l-1}^T`` with the d x k products ``R_l = P_l g^T`` and
+    ``Q_l = P_l u^T + dP_l g^T`` carried up (``Q_l = F_l Q_{l-1} + v_l R_{l-1}``) and the left products' derivatives
+    carried down (``dA_{l-1} = dA_l F_l + A_l v_l``), so every product costs ``k d^2``.
     The residual part matters on saddle plateaus, where misclassified samples keep O(1) gradients while the
     factors are large: there the loss is far from its Gauss-Newton model."""
-    F = model.factors
-    T = directional_chain(model, chain, v)
-    D, dD = grad_logits, logit_hessian_apply(C, T[-1])
-    out: Params = [None] * len(F)  # type: ignore[list-item]
-    for l in range(len(F) - 1, 0, -1):
-        out[l] = dD @ chain[l - 1].transpose(1, 2) + D @ T[l - 1].transpose(1, 2)
-        dD = F[l].transpose(1, 2) @ dD + v[l].transpose(1, 2) @ D
-        D = F[l].transpose(1, 2) @ D
-    out[0] = dD
+    F, A, L = chain.factors, chain.left, chain.depth
+    u = logit_hessian_apply(C, chain.push(v))
+    dA: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
+    dA[L - 1] = v[L]
+    for l in range(L - 1, 0, -1):
+        dA[l - 1] = dA[l] @ F[l] + A[l] @ v[l]
+    gT, k = grad_logits.transpose(1, 2), grad_logits.shape[1]
+    out: Params = [A[0].transpose(1, 2) @ u + dA[0].transpose(1, 2) @ grad_logits]
+    QR = torch.cat([F[0] @ u.transpose(1, 2) + v[0] @ gT, F[0] @ gT], dim=2)  # [Q_0 | R_0], d x 2k
+    for l in range(1, L):
+        out.append(torch.cat([A[l], dA[l]], dim=1).transpose(1, 2) @ QR.transpose(1, 2))
+        Q, R = QR[..., :k], QR[..., k:]
+        QR = torch.cat([F[l] @ Q + v[l] @ R, F[l] @ R], dim=2)
+    out.append(QR[..., :k].transpose(1, 2))
     return out
 
 
@@ -117,12 +114,12 @@ class GaussNewtonSystem:
 
     ``failed`` marks runs whose factorization broke down (non-finite logits); :meth:`inverse` gives NaN there."""
 
-    def __init__(self, model, loss, chain: list[torch.Tensor], dt: torch.Tensor) -> None:
-        self.model, self.chain, self.dt = model, chain, dt
-        Z = chain[-1]
+    def __init__(self, loss, chain: Chain, dt: torch.Tensor) -> None:
+        self.chain, self.dt = chain, dt
+        Z = chain.logits
         Bsz, k, N = Z.shape
         self.C = softmax_root(loss, Z)  # B N k k
-        K = logit_kernel(model, chain)  # B k k N N
+        K = logit_kernel(chain)  # B k k N N
         # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b]
         M = torch.einsum("bjde,biajd->biaje", self.C, torch.einsum("bica,bcdij->biajd", self.C, K)).reshape(Bsz, N * k, N * k)
         system = torch.eye(N * k, dtype=Z.dtype, device=Z.device) + dt[:, None, None] * M
@@ -134,9 +131,9 @@ class GaussNewtonSystem:
 
     def inverse(self, v: Params) -> Params:
         """``(I + dt J^T S J)^{-1} v`` per run."""
-        Bsz, k, N = self.chain[-1].shape
-        Jv = directional_chain(self.model, self.chain, v)[-1]
+        Bsz, k, N = self.chain.logits.shape
+        Jv = self.chain.push(v)
         y = torch.cholesky_solve(torch.einsum("bica,bci->bia", self.C, Jv).reshape(Bsz, N * k, 1), self.chol)
-        back = self.model.backward(self.chain, torch.einsum("bica,bia->bci", self.C, y.reshape(Bsz, N, k)))
+        back = self.chain.pullback(torch.einsum("bica,bia->bci", self.C, y.reshape(Bsz, N, k)))
         d = self.dt[:, None, None]
         return [x - d * w for x, w in zip(v, back)]

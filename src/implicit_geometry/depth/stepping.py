@@ -127,12 +127,11 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
     theta = [F.clone() for F in model.factors]
     scale = math.sqrt(float(param_dot(theta, theta)[0]))
     for it in range(max_newton):
-        sub = DeepUFM(theta)
-        chain = sub.forward_chain()
-        G, log_scale = loss.scaled_gradient(chain[-1])
+        chain = DeepUFM(theta).chain()
+        G, log_scale = loss.scaled_gradient(chain.logits)
         g_logits = G * torch.exp(log_scale)[:, None, None]
-        r = [g + (t - b) / dt for g, t, b in zip(sub.backward(chain, g_logits), theta, base)]
-        system = GaussNewtonSystem(sub, loss, chain, torch.full((1,), dt, dtype=theta[0].dtype, device=theta[0].device))
+        r = [g + (t - b) / dt for g, t, b in zip(chain.pullback(g_logits), theta, base)]
+        system = GaussNewtonSystem(loss, chain, torch.full((1,), dt, dtype=theta[0].dtype, device=theta[0].device))
         if bool(system.failed.any()):
             return None, it
         z = [dt * x for x in system.inverse([-x for x in r])]  # the Gauss-Newton correction (I/dt + J^T S J)^{-1} (-r)
@@ -147,7 +146,7 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
         p, rz = z, float(param_dot(res, z)[0])
         r0 = math.sqrt(max(rz, 0.0))
         for j in range(max_cg):
-            Ap = [h + v / dt for h, v in zip(hessian_vector_product(sub, chain, g_logits, system.C, p), p)]
+            Ap = [h + v / dt for h, v in zip(hessian_vector_product(chain, g_logits, system.C, p), p)]
             pAp = float(param_dot(p, Ap)[0])
             if not pAp > 0:  # negative curvature: keep the CG iterate so far (the Gauss-Newton step if none)
                 if j == 0:
@@ -289,10 +288,10 @@ class PathSimulator(Simulator):
                 self._code_update(coding, *pre)
             return
         model = self.model
-        chain = model.forward_chain()
-        Z = chain[-1]
+        chain = model.chain()
+        Z = chain.logits
         G, log_scale = self.loss.scaled_gradient(Z)
-        grads = model.backward(chain, G)
+        grads = chain.pullback(G)
         gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads)).clamp_min(1e-300)
         tnorm = torch.sqrt(model.squared_norm())
         moving = self.active & ~coding
@@ -304,7 +303,7 @@ class PathSimulator(Simulator):
 
     def _path_step(self, chain, G, log_scale, grads, gnorm, tnorm, moving) -> None:
         """The path rule (explicit, or backward Euler on a plateau) for the runs in ``moving``."""
-        model, Z = self.model, chain[-1]
+        model, Z = self.model, chain.logits
         relative = self.eta * tnorm
         length = relative
         if self.curvature:
@@ -313,7 +312,7 @@ class PathSimulator(Simulator):
             # however small the loss. Second order: sum_i w_i Var_{p_i}(dz_i), written relative to the label entry
             # (Var is shift-invariant) so that nothing cancels when p_i is nearly one-hot. The step keeps the
             # quadratic term below 10*eta of the linear one.
-            T = tangent_logits(model, chain, grads) / gnorm[:, None, None]
+            T = tangent_logits(chain, grads) / gnorm[:, None, None]
             first = -(G * T).sum(dim=(1, 2))
             idx = self.loss.labels.expand(T.shape[0], 1, -1)
             rel = (T - T.gather(1, idx)).scatter(1, idx, 0.0)
@@ -335,11 +334,11 @@ class PathSimulator(Simulator):
     def _gradient(self):
         """Logits, factor gradients (of the scaled loss gradient: a direction, exact in the log domain), their norm and
         the parameter norm, per run."""
-        chain = self.model.forward_chain()
-        G, _ = self.loss.scaled_gradient(chain[-1])
-        grads = self.model.backward(chain, G)
+        chain = self.model.chain()
+        G, _ = self.loss.scaled_gradient(chain.logits)
+        grads = chain.pullback(G)
         gnorm = torch.sqrt(sum(torch.linalg.vector_norm(g, dim=(1, 2)) ** 2 for g in grads)).clamp_min(1e-300)
-        return chain[-1], grads, gnorm, torch.sqrt(self.model.squared_norm())
+        return chain.logits, grads, gnorm, torch.sqrt(self.model.squared_norm())
 
     def _code_update(self, coding: torch.Tensor, Z: torch.Tensor, grads, gnorm: torch.Tensor, tnorm: torch.Tensor) -> None:
         """One normalized step for the code-phase runs (relative length ``code_step``, ``settle_factor`` times that

@@ -137,9 +137,9 @@ class _Cell:
         self.stop_step = np.full(B, -1)  # step at which a run that never became terminal stopped (max_steps, or stalled)
         self.terminal_means = np.full((B, run.K, run.K), np.nan)  # class-mean logits when the run became terminal
         self.history: list[dict[str, Any]] = []
-        chain = model.forward_chain()
-        G, _ = loss.scaled_gradient(chain[-1])
-        dZ = tangent_logits(model, chain, model.backward(chain, G))
+        chain = model.chain()
+        G, _ = loss.scaled_gradient(chain.logits)
+        dZ = tangent_logits(chain, chain.pullback(G))
         self.init_dz_etf = np.array([normalized_distance(run.class_means(dZ[b]), run.etf) for b in range(B)])
 
     def state(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Log-bilinear softmax models: the (deep) unconstrained features model, batched over independent runs."""
 
-from implicit_geometry.models.ufm import DeepUFM
+from implicit_geometry.models.ufm import Chain, DeepUFM
 
-__all__ = ["DeepUFM"]
+__all__ = ["Chain", "DeepUFM"]

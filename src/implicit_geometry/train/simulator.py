@@ -98,12 +98,12 @@ class Simulator:
         """One full-batch update of every run in the batch."""
         opt = self.optimizer
         model = self.model
-        chain = model.forward_chain()
-        G, log_scale = self.loss.scaled_gradient(chain[-1])
+        chain = model.chain()
+        G, log_scale = self.loss.scaled_gradient(chain.logits)
         if opt.name == "gd":
             # exp(log_scale) underflows to 0 once the loss does: that is the faithful textbook behaviour.
             G = G * torch.exp(log_scale)[:, None, None]
-        grads = model.backward(chain, G)
+        grads = chain.pullback(G)
         lr, norm_ref = self._lr, self._norm_ref
         if opt.name == "gd":
             lr_run = lr[:, None, None] if isinstance(lr, torch.Tensor) else lr

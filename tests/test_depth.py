@@ -22,11 +22,13 @@ from implicit_geometry.depth.codes import (
 )
 from implicit_geometry.depth.curvature import (
     GaussNewtonSystem,
+    flatten,
     hessian_vector_product,
     logit_hessian_apply,
     param_dot,
     softmax_root,
     tangent_logits,
+    unflatten,
 )
 from implicit_geometry.depth.efficiency import (
     balanced_factors,
@@ -303,6 +305,35 @@ def test_gauss_newton_inverse_solves_its_system():
     SJx = logit_hessian_apply(system.C, chain.push(x))
     for xx, a, vv in zip(x, chain.pullback(SJx), v):
         assert torch.allclose(xx + dt[:, None, None] * a, vv, atol=1e-10 * float(vv.abs().max()))
+
+
+def test_flat_vectors_and_the_flat_inverse():
+    """``flatten``/``unflatten`` are inverse (the latter gives views), and the flat Gauss-Newton inverse is the list one."""
+    m, _ = _small(L=3, std=0.7, K=4, d=5)
+    loss = _shifted_weighted_loss()
+    v = _direction(m, 3)
+    flat = flatten(v)
+    assert flat.shape == (2, sum(x[0].numel() for x in v))
+    back = unflatten(flat, v)
+    assert all(torch.equal(a, b) for a, b in zip(back, v))
+    back[1][0, 0, 0] = 123.0  # a view: writes reach the flat vector
+    assert 123.0 in flat[0]
+    system = GaussNewtonSystem(loss, m.chain(), torch.tensor([0.3, 5.0], dtype=torch.float64))
+    v = _direction(m, 4)
+    assert torch.allclose(system.inverse_flat(flatten(v), v), flatten(system.inverse(v)), rtol=1e-13, atol=0)
+
+
+def test_push_partials_are_the_left_products_derivatives():
+    """``push_with_partials`` returns ``J v`` and ``dA_l``, the derivative of ``A_l = F_L ... F_{l+1}`` along v."""
+    m, _ = _small(L=4, std=0.7, K=4, d=5)
+    v = _direction(m, 5)
+    chain = m.chain()
+    Jv, dA = chain.push_with_partials(v)
+    assert torch.equal(Jv, chain.push(v))
+    _, tangents = torch.func.jvp(lambda *fs: tuple(DeepUFM(list(fs)).chain().left), tuple(m.factors), tuple(v))
+    assert len(dA) == m.depth
+    for a, b in zip(dA, tangents):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_backward_euler_step_solves_its_equation():

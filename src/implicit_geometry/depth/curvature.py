@@ -27,6 +27,22 @@ def param_norm(x: Params) -> torch.Tensor:
     return torch.sqrt(sum(torch.linalg.vector_norm(a, dim=(1, 2)) ** 2 for a in x))
 
 
+def flatten(x: Params) -> torch.Tensor:
+    """A parameter-space vector as one B x P tensor (the factors' entries in order): inner loops (conjugate
+    gradients, line searches) then cost one tensor operation per update instead of one per factor."""
+    return torch.cat([a.reshape(a.shape[0], -1) for a in x], dim=1)
+
+
+def unflatten(flat: torch.Tensor, like: Params) -> Params:
+    """Views of a B x P tensor shaped like the factors ``like`` (the inverse of :func:`flatten`; no copy)."""
+    out, start = [], 0
+    for a in like:
+        size = a.shape[1] * a.shape[2]
+        out.append(flat[:, start:start + size].view(flat.shape[0], a.shape[1], a.shape[2]))
+        start += size
+    return out
+
+
 def tangent_logits(chain: Chain, grads: Params) -> torch.Tensor:
     """``dZ/dt`` under gradient flow ``dtheta/dt = -grads``: the push-forward of ``-grads`` (B x k x N)."""
     return chain.push([-g for g in grads])
@@ -60,7 +76,7 @@ def softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
 
 def logit_hessian_apply(C: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """``S T`` sample by sample (``S_i = C_i C_i^T`` the CE Hessian in the logits; T is B x k x N)."""
-    return torch.einsum("bica,bida,bdi->bci", C, C, T)
+    return (C @ (C.transpose(-1, -2) @ T.transpose(1, 2)[..., None])).squeeze(-1).transpose(1, 2)
 
 
 def logit_kernel(chain: Chain) -> torch.Tensor:
@@ -91,18 +107,16 @@ def hessian_vector_product(chain: Chain, grad_logits: torch.Tensor, C: torch.Ten
     The residual part matters on saddle plateaus, where misclassified samples keep O(1) gradients while the
     factors are large: there the loss is far from its Gauss-Newton model."""
     F, A, L = chain.factors, chain.left, chain.depth
-    u = logit_hessian_apply(C, chain.push(v))
-    dA: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
-    dA[L - 1] = v[L]
-    for l in range(L - 1, 0, -1):
-        dA[l - 1] = dA[l] @ F[l] + A[l] @ v[l]
+    Jv, dA = chain.push_with_partials(v)  # the left products' derivatives dA_{l-1} = dA_l F_l + A_l v_l come with J v
+    u = logit_hessian_apply(C, Jv)
     gT, k = grad_logits.transpose(1, 2), grad_logits.shape[1]
     out: Params = [A[0].transpose(1, 2) @ u + dA[0].transpose(1, 2) @ grad_logits]
     QR = torch.cat([F[0] @ u.transpose(1, 2) + v[0] @ gT, F[0] @ gT], dim=2)  # [Q_0 | R_0], d x 2k
     for l in range(1, L):
         out.append(torch.cat([A[l], dA[l]], dim=1).transpose(1, 2) @ QR.transpose(1, 2))
-        Q, R = QR[..., :k], QR[..., k:]
-        QR = torch.cat([F[l] @ Q + v[l] @ R, F[l] @ R], dim=2)
+        R = QR[..., k:]
+        QR = F[l] @ QR  # [F_l Q | F_l R], then Q_l = F_l Q + v_l R
+        QR[..., :k].baddbmm_(v[l], R)
     out.append(QR[..., :k].transpose(1, 2))
     return out
 
@@ -118,11 +132,23 @@ class GaussNewtonSystem:
         self.chain, self.dt = chain, dt
         Z = chain.logits
         Bsz, k, N = Z.shape
+        L = chain.depth
         self.C = softmax_root(loss, Z)  # B N k k
-        K = logit_kernel(chain)  # B k k N N
-        # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b]
-        M = torch.einsum("bjde,biajd->biaje", self.C, torch.einsum("bica,bcdij->biajd", self.C, K)).reshape(Bsz, N * k, N * k)
-        system = torch.eye(N * k, dtype=Z.dtype, device=Z.device) + dt[:, None, None] * M
+        # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b] with the logit kernel K = sum_l (A_l A_l^T)[c, d]
+        # (P_{l-1}^T P_{l-1})[i, j] (logit_kernel), contracted in the order that needs no k x k x N x N permutation
+        # of K: first C_i into the layers' k x k factors (Q), then the layers against row i of the N x N factors,
+        # then C_j. Same flops as forming K; about 3x faster at the paper's setting.
+        eye_k = torch.eye(k, dtype=Z.dtype, device=Z.device).expand(Bsz, k, k)
+        PA = torch.cat([A @ A.transpose(1, 2) for A in chain.left] + [eye_k], dim=2)  # B x k x (L+1) k: [c, (l, d)]
+        Q = (self.C.transpose(-1, -2) @ PA[:, None]).reshape(Bsz, N, k, L + 1, k).transpose(-1, -2)  # [i, a, d, l]
+        grams = [P.transpose(1, 2) @ P for P in chain.right()]
+        eye_n = torch.eye(N, dtype=Z.dtype, device=Z.device).expand(Bsz, N, N)
+        PB = torch.stack([eye_n] + grams, dim=2)  # B x N x (L+1) x N: [i, l, j] (the Gram matrices are symmetric)
+        Kc = Q.reshape(Bsz, N, k * k, L + 1) @ PB  # [i, (a, d), j] = sum_c C_i[c, a] K[c d i j]
+        Kc = Kc.reshape(Bsz, N, k, k, N).permute(0, 4, 1, 2, 3).reshape(Bsz, N, N * k, k)  # [j, (i, a), d]
+        M = (Kc @ self.C).transpose(-1, -2).reshape(Bsz, N * k, N * k)  # [(j, b), (i, a)] = M[i a, j b] = M[j b, i a]
+        system = M * dt[:, None, None]
+        system.diagonal(dim1=-2, dim2=-1).add_(1.0)
         chol, info = torch.linalg.cholesky_ex(system)
         self.failed = info != 0
         if bool(self.failed.any()):
@@ -131,9 +157,20 @@ class GaussNewtonSystem:
 
     def inverse(self, v: Params) -> Params:
         """``(I + dt J^T S J)^{-1} v`` per run."""
-        Bsz, k, N = self.chain.logits.shape
-        Jv = self.chain.push(v)
-        y = torch.cholesky_solve(torch.einsum("bica,bci->bia", self.C, Jv).reshape(Bsz, N * k, 1), self.chol)
-        back = self.chain.pullback(torch.einsum("bica,bia->bci", self.C, y.reshape(Bsz, N, k)))
+        back = self._kernel_part(v)
         d = self.dt[:, None, None]
         return [x - d * w for x, w in zip(v, back)]
+
+    def inverse_flat(self, v: torch.Tensor, like: Params) -> torch.Tensor:
+        """:meth:`inverse` on a flattened vector (B x P, see :func:`flatten`; ``like`` gives the factor shapes)."""
+        return v - self.dt[:, None] * flatten(self._kernel_part(unflatten(v, like)))
+
+    def _kernel_part(self, v: Params) -> Params:
+        """``J^T C (I + dt C^T J J^T C)^{-1} C^T J v`` (the Woodbury correction, before the factor dt)."""
+        Bsz, k, N = self.chain.logits.shape
+        Jv = self.chain.push(v)
+        rhs = (self.C.transpose(-1, -2) @ Jv.transpose(1, 2)[..., None]).reshape(Bsz, N * k, 1)  # C_i^T (J v)_i
+        # two triangular solves: a fraction of cholesky_solve's time at this size
+        y = torch.linalg.solve_triangular(self.chol, rhs, upper=False)
+        y = torch.linalg.solve_triangular(self.chol.transpose(-1, -2), y, upper=True)
+        return self.chain.pullback((self.C @ y.reshape(Bsz, N, k, 1)).squeeze(-1).transpose(1, 2))

@@ -78,12 +78,12 @@ import torch
 from implicit_geometry.depth.curvature import (
     GaussNewtonSystem,
     Params,
+    flatten,
     hessian_vector_product,
     logit_kernel,
-    param_dot,
-    param_norm,
     softmax_root,
     tangent_logits,
+    unflatten,
 )
 from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.simulator import Simulator
@@ -121,68 +121,85 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
     Gauss-Newton iterations alone are not enough on the saddle plateaus this is for: misclassified samples keep O(1)
     gradients on large factors, the residual part of the Hessian matters, and Gauss-Newton steps are accepted only
     at 1/16-1/64 of their length (tens of iterations per step, against 5-8 for Newton; docs/depth.md). Converged when
-    the Gauss-Newton correction is below ``1e-10 ||theta||``, or when no decrease is left that double precision can
+    the Gauss-Newton correction is below ``1e-8 ||theta||``, or when no decrease is left that double precision can
     resolve."""
-    base = [F.clone() for F in model.factors]
-    theta = [F.clone() for F in model.factors]
-    scale = math.sqrt(float(param_dot(theta, theta)[0]))
+    # parameters as one flat vector (factors are views of it): the CG and line-search updates are one op each
+    like = model.factors
+    base = flatten(like)
+    theta = base.clone()
+    scale = float(torch.linalg.vector_norm(theta))
+    dts = torch.full((1,), dt, dtype=theta.dtype, device=theta.device)
+    phi0 = None  # the proximal objective at theta (carried over from the line search that accepted it)
     for it in range(max_newton):
-        chain = DeepUFM(theta).chain()
+        factors = unflatten(theta, like)
+        chain = DeepUFM(factors).chain()
         G, log_scale = loss.scaled_gradient(chain.logits)
         g_logits = G * torch.exp(log_scale)[:, None, None]
-        r = [g + (t - b) / dt for g, t, b in zip(chain.pullback(g_logits), theta, base)]
-        system = GaussNewtonSystem(loss, chain, torch.full((1,), dt, dtype=theta[0].dtype, device=theta[0].device))
+        r = flatten(chain.pullback(g_logits)) + (theta - base) / dt
+        system = GaussNewtonSystem(loss, chain, dts)
         if bool(system.failed.any()):
             return None, it
-        z = [dt * x for x in system.inverse([-x for x in r])]  # the Gauss-Newton correction (I/dt + J^T S J)^{-1} (-r)
-        if not math.isfinite(float(param_norm(z)[0])):
+        z = dt * system.inverse_flat(-r, like)  # the Gauss-Newton correction (I/dt + J^T S J)^{-1} (-r)
+        z_norm = float(torch.linalg.vector_norm(z))
+        if not math.isfinite(z_norm):
             return None, it
         # converged: the correction is below 1e-8 ||theta|| -- after at least one iteration, or a dt so small that the
         # whole step is below that would return theta_k itself
-        if it > 0 and float(param_norm(z)[0]) <= 1e-8 * scale:
-            return DeepUFM(theta), it
-        x = [torch.zeros_like(t) for t in theta]
-        res = [-v for v in r]
-        p, rz = z, float(param_dot(res, z)[0])
+        if it > 0 and z_norm <= 1e-8 * scale:
+            return DeepUFM(_factor_copies(theta, like)), it
+        x = torch.zeros_like(theta)
+        res = -r  # a new tensor: updated in place below
+        p, rz = z, float(_dot(res, z))
         r0 = math.sqrt(max(rz, 0.0))
         for j in range(max_cg):
-            Ap = [h + v / dt for h, v in zip(hessian_vector_product(chain, g_logits, system.C, p), p)]
-            pAp = float(param_dot(p, Ap)[0])
+            Ap = flatten(hessian_vector_product(chain, g_logits, system.C, unflatten(p, like))).add_(p, alpha=1.0 / dt)
+            pAp = float(_dot(p, Ap))
             if not pAp > 0:  # negative curvature: keep the CG iterate so far (the Gauss-Newton step if none)
                 if j == 0:
                     x = z
                 break
             a = rz / pAp
-            x = [u + a * w for u, w in zip(x, p)]
-            res = [u - a * w for u, w in zip(res, Ap)]
-            zc = [dt * v for v in system.inverse(res)]
-            rz_new = float(param_dot(res, zc)[0])
+            x.add_(p, alpha=a)
+            res.sub_(Ap, alpha=a)
+            zc = system.inverse_flat(res, like).mul_(dt)
+            rz_new = float(_dot(res, zc))
             if math.sqrt(max(rz_new, 0.0)) <= 1e-2 * r0:
                 break
-            p = [u + (rz_new / rz) * w for u, w in zip(zc, p)]
+            p = zc.add_(p, alpha=rz_new / rz)
             rz = rz_new
-        slope = float(param_dot(r, x)[0])
-        phi0 = _proximal_objective(theta, loss, base, dt)
+        slope = float(_dot(r, x))
+        if phi0 is None:
+            phi0 = _proximal_objective(theta, like, loss, base, dt)
         if not slope < 0:
             return None, it + 1
         if -slope <= 1e-13 * abs(phi0):  # no decrease left that double precision can resolve
-            return DeepUFM(theta), it + 1
+            return DeepUFM(_factor_copies(theta, like)), it + 1
         alpha = 1.0
         for _ in range(40):
-            cand = [t + alpha * u for t, u in zip(theta, x)]
-            phi = _proximal_objective(cand, loss, base, dt)
+            cand = torch.add(theta, x, alpha=alpha)
+            phi = _proximal_objective(cand, like, loss, base, dt)
             if math.isfinite(phi) and phi <= phi0 + 1e-4 * alpha * slope:
                 break
             alpha *= 0.5
         else:
             return None, it + 1
-        theta = cand
+        theta, phi0 = cand, phi
     return None, max_newton
 
 
-def _proximal_objective(factors: Params, loss, base: Params, dt: float) -> float:
-    diff = [F - B for F, B in zip(factors, base)]
-    return float(torch.exp(loss.log_loss(DeepUFM(factors).logits()))[0] + param_dot(diff, diff)[0] / (2.0 * dt))
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Inner product of two flattened single-run vectors (1 x P)."""
+    return torch.dot(x[0], y[0])
+
+
+def _factor_copies(theta: torch.Tensor, like: Params) -> Params:
+    """Contiguous factors from a flattened vector (not views: the caller may write into them)."""
+    return [F.clone() for F in unflatten(theta, like)]
+
+
+def _proximal_objective(theta: torch.Tensor, like: Params, loss, base: torch.Tensor, dt: float) -> float:
+    diff = theta - base
+    return float(torch.exp(loss.log_loss(DeepUFM(unflatten(theta, like)).logits()))[0] + _dot(diff, diff) / (2.0 * dt))
 
 
 class PathSimulator(Simulator):

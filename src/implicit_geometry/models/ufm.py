@@ -184,9 +184,16 @@ class Chain:
     def push(self, v: list[torch.Tensor]) -> torch.Tensor:
         """The first-order change of the logits along ``v`` (one tensor per factor), ``J v = sum_l A_l v_l P_{l-1}``,
         evaluated Horner-fashion from the top: ``Y <- Y F_l + A_l v_l`` (k x d), then ``Y H + A_0 v_0``."""
+        return self.push_with_partials(v)[0]
+
+    def push_with_partials(self, v: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`push`, and the derivatives of the left products along ``v`` that its Horner steps produce:
+        ``dA_l = sum_{m > l} d(F_L ... F_{l+1})/dF_m v_m`` (k x d, ``dA_{L-1} = v_L``), as ``[dA_0, ..., dA_{L-1}]``."""
         F = self.factors
         Y = v[-1]
+        partials = [Y]
         for l in range(self.depth - 1, 0, -1):
-            Y = Y @ F[l] + self.left[l] @ v[l]
-        return Y @ F[0] + self.left[0] @ v[0]
+            Y = torch.baddbmm(self.left[l] @ v[l], Y, F[l])
+            partials.append(Y)
+        return torch.baddbmm(self.left[0] @ v[0], Y, F[0]), partials[::-1]
 

@@ -74,6 +74,33 @@ def softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
     return C * scale
 
 
+def reduced_softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
+    """A k x (k-1) square root of each sample's CE Hessian in the logits (B x N x k x (k-1)), ``C~_i C~_i^T =
+    C_i C_i^T`` with ``C_i`` from :func:`softmax_root`.
+
+    ``C_i sqrt(p_i) = 0`` (``sum p = 1``; row weights keep it), so ``C_i = C_i Hh`` restricted to ``sqrt(p_i)``'s
+    orthogonal complement, spanned by columns 1..k-1 of the Householder reflection ``Hh = I - 2 h h^T / h^T h``,
+    ``h = sqrt(p_i) + e_0``, which maps ``sqrt(p_i)`` to ``-e_0`` (``h_0 >= 1``: no cancellation). The Gauss-Newton
+    system is then ``N (k-1)`` square instead of ``N k`` (its Cholesky ~0.73x the work at k = 10).
+
+    >>> import torch
+    >>> from implicit_geometry.train.losses import CrossEntropy
+    >>> Z = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]]], dtype=torch.float64)
+    >>> loss = CrossEntropy([0, 1], 3)
+    >>> C, R = softmax_root(loss, Z), reduced_softmax_root(loss, Z)
+    >>> R.shape
+    torch.Size([1, 2, 3, 2])
+    >>> bool(torch.allclose(R @ R.mT, C @ C.mT, atol=1e-15))
+    True
+    """
+    C = softmax_root(loss, Z)
+    h = torch.softmax(loss.adjusted_logits(Z), dim=-2).transpose(-1, -2).sqrt()  # B x N x k
+    h[..., 0] += 1.0
+    # C Hh = C - 2 (C h) h^T / h^T h with C h = C e_0 (C sqrt(p) = 0); column 0 of C Hh is -C sqrt(p) = 0: dropped
+    coef = (2.0 / (h * h).sum(dim=-1, keepdim=True)) * h[..., 1:]  # B x N x (k-1)
+    return C[..., 1:] - C[..., :, :1] * coef[..., None, :]
+
+
 def logit_hessian_apply(C: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """``S T`` sample by sample (``S_i = C_i C_i^T`` the CE Hessian in the logits; T is B x k x N)."""
     return (C @ (C.transpose(-1, -2) @ T.transpose(1, 2)[..., None])).squeeze(-1).transpose(1, 2)
@@ -133,20 +160,21 @@ class GaussNewtonSystem:
         Z = chain.logits
         Bsz, k, N = Z.shape
         L = chain.depth
-        self.C = softmax_root(loss, Z)  # B N k k
+        self.C = reduced_softmax_root(loss, Z)  # B N k (k-1)
+        r = self.C.shape[-1]
         # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b] with the logit kernel K = sum_l (A_l A_l^T)[c, d]
         # (P_{l-1}^T P_{l-1})[i, j] (logit_kernel), contracted in the order that needs no k x k x N x N permutation
         # of K: first C_i into the layers' k x k factors (Q), then the layers against row i of the N x N factors,
         # then C_j. Same flops as forming K; about 3x faster at the paper's setting.
         eye_k = torch.eye(k, dtype=Z.dtype, device=Z.device).expand(Bsz, k, k)
         PA = torch.cat([A @ A.transpose(1, 2) for A in chain.left] + [eye_k], dim=2)  # B x k x (L+1) k: [c, (l, d)]
-        Q = (self.C.transpose(-1, -2) @ PA[:, None]).reshape(Bsz, N, k, L + 1, k).transpose(-1, -2)  # [i, a, d, l]
+        Q = (self.C.transpose(-1, -2) @ PA[:, None]).reshape(Bsz, N, r, L + 1, k).transpose(-1, -2)  # [i, a, d, l]
         grams = [P.transpose(1, 2) @ P for P in chain.right()]
         eye_n = torch.eye(N, dtype=Z.dtype, device=Z.device).expand(Bsz, N, N)
         PB = torch.stack([eye_n] + grams, dim=2)  # B x N x (L+1) x N: [i, l, j] (the Gram matrices are symmetric)
-        Kc = Q.reshape(Bsz, N, k * k, L + 1) @ PB  # [i, (a, d), j] = sum_c C_i[c, a] K[c d i j]
-        Kc = Kc.reshape(Bsz, N, k, k, N).permute(0, 4, 1, 2, 3).reshape(Bsz, N, N * k, k)  # [j, (i, a), d]
-        M = (Kc @ self.C).transpose(-1, -2).reshape(Bsz, N * k, N * k)  # [(j, b), (i, a)] = M[i a, j b] = M[j b, i a]
+        Kc = Q.reshape(Bsz, N, r * k, L + 1) @ PB  # [i, (a, d), j] = sum_c C_i[c, a] K[c d i j]
+        Kc = Kc.reshape(Bsz, N, r, k, N).permute(0, 4, 1, 2, 3).reshape(Bsz, N, N * r, k)  # [j, (i, a), d]
+        M = (Kc @ self.C).transpose(-1, -2).reshape(Bsz, N * r, N * r)  # [(j, b), (i, a)] = M[i a, j b] = M[j b, i a]
         system = M * dt[:, None, None]
         system.diagonal(dim1=-2, dim2=-1).add_(1.0)
         chol, info = torch.linalg.cholesky_ex(system)
@@ -169,8 +197,9 @@ class GaussNewtonSystem:
         """``J^T C (I + dt C^T J J^T C)^{-1} C^T J v`` (the Woodbury correction, before the factor dt)."""
         Bsz, k, N = self.chain.logits.shape
         Jv = self.chain.push(v)
-        rhs = (self.C.transpose(-1, -2) @ Jv.transpose(1, 2)[..., None]).reshape(Bsz, N * k, 1)  # C_i^T (J v)_i
+        r = self.C.shape[-1]
+        rhs = (self.C.transpose(-1, -2) @ Jv.transpose(1, 2)[..., None]).reshape(Bsz, N * r, 1)  # C_i^T (J v)_i
         # two triangular solves: a fraction of cholesky_solve's time at this size
         y = torch.linalg.solve_triangular(self.chol, rhs, upper=False)
         y = torch.linalg.solve_triangular(self.chol.transpose(-1, -2), y, upper=True)
-        return self.chain.pullback((self.C @ y.reshape(Bsz, N, k, 1)).squeeze(-1).transpose(1, 2))
+        return self.chain.pullback((self.C @ y.reshape(Bsz, N, r, 1)).squeeze(-1).transpose(1, 2))

@@ -195,7 +195,7 @@ class GaussNewtonSystem:
 
     def _kernel_part(self, v: Params) -> Params:
         """``J^T C (I + dt C^T J J^T C)^{-1} C^T J v`` (the Woodbury correction, before the factor dt)."""
-        Bsz, k, N = self.chain.logits.shape
+        Bsz, _, N = self.chain.logits.shape
         Jv = self.chain.push(v)
         r = self.C.shape[-1]
         rhs = (self.C.transpose(-1, -2) @ Jv.transpose(1, 2)[..., None]).reshape(Bsz, N * r, 1)  # C_i^T (J v)_i

@@ -336,6 +336,48 @@ def test_push_partials_are_the_left_products_derivatives():
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_bdf2_plateau_steps_are_second_order():
+    """Gradient flow integrated by the plateau steps' BDF2 rule (``bdf2_center`` + the proximal solve; the first step
+    backward Euler) converges like dt^2 to an independent reference (scipy's DOP853 on autograd gradients), backward
+    Euler alone like dt, on a deep UFM with O(1) logits and a varying step ratio."""
+    from scipy.integrate import solve_ivp
+
+    from implicit_geometry.depth.curvature import flatten, unflatten
+    from implicit_geometry.depth.stepping import bdf2_center
+
+    loss = CrossEntropy(np.arange(3), 3)
+    m = DeepUFM.random(num_classes=3, num_samples=3, dim=4, depth=3, batch=1, init_std=0.6, seeds=[1])
+    like, T = m.factors, 0.6
+
+    def grad(x):
+        t = torch.tensor(x, dtype=torch.float64)[None].requires_grad_(True)
+        total = torch.exp(loss.log_loss(DeepUFM(unflatten(t, like)).logits())).sum()
+        return -torch.autograd.grad(total, t)[0][0].numpy()
+
+    ref = solve_ivp(lambda _, x: grad(x), (0.0, T), flatten(like)[0].numpy(), method="DOP853", rtol=1e-12, atol=1e-12).y[:, -1]
+
+    def integrate(n, bdf2):
+        # steps alternating between 0.8 and 1.2 of the mean: the variable-step formula is exercised
+        dts = [T / n * (0.8 if i % 2 else 1.2) for i in range(n)]
+        model, prev, prev_dt = m, None, 0.0
+        for dt in dts:
+            theta = flatten(model.factors)
+            if bdf2 and prev is not None:
+                center, dt_eff = bdf2_center(theta, prev, dt, prev_dt)
+                new, _ = backward_euler_step(model, loss, dt_eff, center=center)
+            else:
+                new, _ = backward_euler_step(model, loss, dt)
+            assert new is not None
+            model, prev, prev_dt = new, theta, dt
+        return float(np.linalg.norm(flatten(model.factors)[0].numpy() - ref))
+
+    be = [integrate(n, False) for n in (16, 32)]
+    bdf = [integrate(n, True) for n in (16, 32)]
+    assert 1.7 < be[0] / be[1] < 2.3
+    assert 3.4 < bdf[0] / bdf[1] < 4.6
+    assert bdf[1] < be[1] / 10
+
+
 def test_backward_euler_step_solves_its_equation():
     """``theta + dt grad L(theta) = theta_k`` at the returned point, the loss did not rise, and a tiny dt gives the
     explicit Euler step to first order; from a rank-1 saddle of the paper's kind, where the Gauss-Newton model is poor."""

@@ -44,8 +44,8 @@ the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the
 sessions 2-8 (one Gauss-Newton solve) was accepted only up to dt ~ 0.01-0.03 and diverged beyond, and Gauss-Newton
 iterations on the proximal problem accept 1/16-1/64 of their steps; Newton converges in 4-8 iterations.
 
-Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-250
-backward-Euler steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
+Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 125-230
+implicit steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
 1e8, beyond the default budget of 300 steps for most seeds (docs/depth.md, ``benchmarks/saddle_escape.py``). So a
 plateau run predicts its escape from the growth of the second singular value of its class-mean logits (a blow-up
 ``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops early, flagged as ``stalled`` with the prediction, when

@@ -35,8 +35,8 @@ def cyclic_order(mean_logits: np.ndarray) -> list[int] | None:
     g = read_geometry(mean_logits, tol=0.05, fit_code=False)
     if g.numerical_rank != 2:
         return None
-    pts = g.gram_factor if g.gram_factor.shape[0] >= g.gram_factor.shape[1] else g.gram_factor.T  # K x r
-    order = np.argsort(np.arctan2(pts[:, 1], pts[:, 0])).tolist()
+    X = g.gram_factor  # r x K: one point per class
+    order = np.argsort(np.arctan2(X[1], X[0])).tolist()
     i = order.index(0)
     order = order[i:] + order[:i]
     return order if order[1] < order[-1] else [order[0]] + order[1:][::-1]

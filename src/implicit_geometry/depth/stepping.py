@@ -133,7 +133,8 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
 
     ``center`` (flattened, 1 x P) replaces ``theta_k`` as the proximal centre, ``theta = center - dt grad L(theta)``,
     with Newton still started from the model's factors: the form of a BDF2 step (:func:`bdf2_center`)."""
-    # parameters as one flat vector (factors are views of it): the CG and line-search updates are one op each
+    # parameters as one flat vector (factors are views of it): the CG and line-search updates are one op each; theta
+    # is always a tensor of this function's own (never written after it is returned), so the result is views of it
     like = model.factors
     theta = flatten(like)
     base = theta.clone() if center is None else center
@@ -156,7 +157,7 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
         # converged: the correction is below 1e-8 ||theta|| -- after at least one iteration, or a dt so small that the
         # whole step is below that would return theta_k itself
         if it > 0 and z_norm <= 1e-8 * scale:
-            return DeepUFM(_factor_copies(theta, like)), it
+            return DeepUFM(unflatten(theta, like)), it
         x = torch.zeros_like(theta)
         res = -r  # a new tensor: updated in place below
         p, rz = z, float(_dot(res, z))
@@ -183,7 +184,7 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
         if not slope < 0:
             return None, it + 1
         if -slope <= 1e-13 * abs(phi0):  # no decrease left that double precision can resolve
-            return DeepUFM(_factor_copies(theta, like)), it + 1
+            return DeepUFM(unflatten(theta, like)), it + 1
         alpha = 1.0
         for _ in range(40):
             cand = torch.add(theta, x, alpha=alpha)
@@ -216,11 +217,6 @@ def bdf2_center(theta: torch.Tensor, previous: torch.Tensor, dt: float, previous
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Inner product of two flattened single-run vectors (1 x P)."""
     return torch.dot(x[0], y[0])
-
-
-def _factor_copies(theta: torch.Tensor, like: Params) -> Params:
-    """Contiguous factors from a flattened vector (not views: the caller may write into them)."""
-    return [F.clone() for F in unflatten(theta, like)]
 
 
 def _proximal_objective(theta: torch.Tensor, like: Params, loss, base: torch.Tensor, dt: float) -> float:
@@ -469,7 +465,7 @@ class PathSimulator(Simulator):
                     self.stiff[b] = False
                 continue
             cap = self.eta * math.sqrt(float(sub.squared_norm()[0]))
-            move = math.sqrt(sum(float(((Fn - F) ** 2).sum()) for Fn, F in zip(new.factors, sub.factors)))
+            move = float(torch.linalg.vector_norm(flatten(new.factors) - theta_n))
             self.dt[b] = dt * min(2.0, 0.9 * cap / max(move, 1e-300))
             if move > cap:
                 continue

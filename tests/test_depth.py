@@ -619,6 +619,25 @@ def test_depth_flags_non_terminal_runs(tmp_path):
     assert "2 run(s) on the rank-1 saddle" in s["verdict"][1]
 
 
+def test_depth_verdict_on_runs_stopped_on_the_saddle():
+    """Runs the stall rule stopped did not use up --max-steps: the verdict asks for a larger --plateau-budget, not more
+    steps, and gives one predicted escape time as one number."""
+    from implicit_geometry.experiments.depth import verdict
+
+    row = {"dim": 100, "depth": 10, "runs": 2, "terminal_runs": 0, "diverged_runs": 0, "steps_max": 8180,
+           "saddle_runs": 2, "stalled_runs": 2, "predicted_escape_flow_times": [316.2, 315.9]}
+    summary = {"K": 10, "n": 5, "init_std": 0.03, "seeds": [0, 1], "optimizer": "path", "plateau": True,
+               "seconds": 1.0, "code": True, "target_margin": 10.0, "table": [row]}
+    line = verdict(summary)[1]
+    assert "NOT in the terminal phase" in line and "--max-steps" not in line
+    assert "flow time of 316 from the saddle" in line and "raise it to follow them" in line
+    # one run stalled, the other ran out of --max-steps: both pieces of advice, the range of predictions
+    line = verdict({**summary, "table": [{**row, "stalled_runs": 1, "predicted_escape_flow_times": [192.4]}]})[1]
+    assert "raise --max-steps" in line and "1 stopped early" in line and "flow time of 192 from" in line
+    line = verdict({**summary, "table": [{**row, "predicted_escape_flow_times": [192.4, 356.6]}]})[1]
+    assert "flow time of 192-357 from the saddle" in line
+
+
 def test_depth_without_code_phase_and_unconverged_codes(tmp_path):
     from implicit_geometry.experiments.depth import run_depth
 

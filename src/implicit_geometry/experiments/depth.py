@@ -429,7 +429,10 @@ def verdict(summary: dict[str, Any]) -> list[str]:
             continue
         if not row["terminal_runs"]:
             saddle = row.get("saddle_runs", 0)
-            lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported): raise --max-steps"
+            # runs stopped by the stall rule did not use up --max-steps: raising it would not change them
+            all_stalled = row.get("stalled_runs", 0) == row["runs"] - diverged
+            lines.append(f"{head} NOT in the terminal phase after {row['steps_max']} steps (no rank reported)"
+                         + ("" if all_stalled else ": raise --max-steps")
                          + (f"; {saddle} run(s) on the rank-1 saddle (numerical rank 1, classes not yet separated: "
                             f"see docs/depth.md)" if saddle else "") + _stall_text(row)
                          + (f"; {diverged} run(s) diverged (non-finite logits: use a smaller --lr)" if diverged else ""))
@@ -461,10 +464,10 @@ def _stall_text(row: dict[str, Any]) -> str:
     """What the verdict says of runs that stopped on the saddle because their escape was predicted far away."""
     if not row.get("stalled_runs"):
         return ""
-    times = [t for t in row.get("predicted_escape_flow_times", []) if t is not None]
-    when = (f"predicted escape after a flow time of {min(times):.0f}-{max(times):.0f} from the saddle" if times
-            else "the second mode was not growing")
-    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget"
+    times = sorted(round(t) for t in row.get("predicted_escape_flow_times", []) if t is not None)
+    span = "" if not times else f"{times[0]}" if times[0] == times[-1] else f"{times[0]}-{times[-1]}"
+    when = f"predicted escape after a flow time of {span} from the saddle" if times else "the second mode was not growing"
+    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget (raise it to follow them)"
 
 
 def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,

@@ -619,6 +619,15 @@ def test_depth_flags_non_terminal_runs(tmp_path):
     assert "2 run(s) on the rank-1 saddle" in s["verdict"][1]
 
 
+def test_depth_width_sweep_figure(tmp_path):
+    """Several widths: effective rank against width (log axis when the widths span a decade), one line per depth."""
+    from implicit_geometry.experiments.depth import run_depth
+
+    s = run_depth(_small_config(dims=[4, 40], depths=[1], seeds=1), tmp_path / "w", progress=False)
+    assert sorted(r["dim"] for r in s["table"]) == [4, 40]
+    assert (tmp_path / "w" / "figures" / "rank_vs_width.png").stat().st_size > 0
+
+
 def test_depth_verdict_on_runs_stopped_on_the_saddle():
     """Runs the stall rule stopped did not use up --max-steps: the verdict asks for a larger --plateau-budget, not more
     steps, and gives one predicted escape time as one number."""

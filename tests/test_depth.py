@@ -628,6 +628,24 @@ def test_depth_width_sweep_figure(tmp_path):
     assert (tmp_path / "w" / "figures" / "rank_vs_width.png").stat().st_size > 0
 
 
+def test_polygon_frame_invariances():
+    """The reference K-gon of polygons.png: independent of class order and scale, turning with the points."""
+    from implicit_geometry.depth.plots import _polygon_frame
+
+    rng = np.random.default_rng(0)
+    K = 10
+    t = 0.1 + 2 * np.pi * np.arange(K) / K + rng.normal(0, 0.01, K)
+    X = (1 + rng.normal(0, 0.05, K)) * np.stack([np.cos(t), np.sin(t)])
+    _, a0, spread = _polygon_frame(X)
+    assert abs(a0 - 0.1) < 0.01 and 0.01 < spread < 0.1
+    _, a1, s1 = _polygon_frame(7.0 * X[:, rng.permutation(K)])
+    assert abs(a1 - a0) < 1e-12 and abs(s1 - spread) < 1e-12
+    phi = 0.25  # rotate the points by phi: the polygon turns with them (modulo 2 pi / K)
+    R = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+    _, a2, _ = _polygon_frame(R @ X)
+    assert abs((a2 - a0 - phi + np.pi / K) % (2 * np.pi / K) - np.pi / K) < 1e-9
+
+
 def test_depth_verdict_on_runs_stopped_on_the_saddle():
     """Runs the stall rule stopped did not use up --max-steps: the verdict asks for a larger --plateau-budget, not more
     steps, and gives one predicted escape time as one number."""

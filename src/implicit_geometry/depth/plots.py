@@ -36,6 +36,24 @@ def _rank_stats(results, key_fixed, fixed, key_x):
     return xs, means, stds
 
 
+def _polygon_frame(X: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """A rank-2 Gram factor (2 x K) drawn against the regular K-gon: the points scaled to mean radius 1, the polygon's
+    rotation that best fits them (circular mean of each point's angle less its vertex's, in angular order; taken in
+    [0, 2 pi / K)), and the relative spread of the radii (std / mean), which the adjacent angles do not show.
+
+    >>> import numpy as np
+    >>> t = 0.3 + 2 * np.pi * np.arange(5) / 5
+    >>> X, a0, spread = _polygon_frame(3 * np.stack([np.cos(t), np.sin(t)]))
+    >>> round(a0, 12), round(spread, 12), round(float(np.linalg.norm(X, axis=0).mean()), 12)
+    (0.3, 0.0, 1.0)
+    """
+    radii = np.linalg.norm(X, axis=0)
+    angles = np.sort(np.arctan2(X[1], X[0]))
+    offsets = angles - 2 * np.pi * np.arange(X.shape[1]) / X.shape[1]
+    a0 = float(np.angle(np.exp(1j * offsets).mean()) % (2 * np.pi / X.shape[1]))  # the K-gon repeats every 2 pi / K
+    return X / radii.mean(), a0, float(radii.std() / radii.mean())
+
+
 def plot_depth_figures(folder: Path, config: Any, results: list[dict], histories: list[dict], K: int) -> None:
     plt = _plt()
     folder = Path(folder)
@@ -87,15 +105,14 @@ def plot_depth_figures(folder: Path, config: Any, results: list[dict], histories
         fig, axes = plt.subplots(1, len(two), figsize=(2.6 * len(two), 2.8), constrained_layout=True, squeeze=False)
         poly = 2 * np.pi * np.arange(K + 1) / K
         for ax, r in zip(axes.ravel(), two):
-            X = np.asarray(r["gram_factor"])
-            X = X / np.linalg.norm(X, axis=0).max()
-            a0 = np.arctan2(X[1, 0], X[0, 0])
+            X, a0, spread = _polygon_frame(np.asarray(r["gram_factor"]))
             ax.plot(np.cos(poly + a0), np.sin(poly + a0), "-", color="gray", lw=1)
             ax.scatter(X[0], X[1], s=18, zorder=3)
             ax.set_aspect("equal")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"d={r['dim']} L={r['depth']} s={r['seed']}\nmax angle err {r['max_angle_error_deg']:.2f} deg", fontsize=7)
+            ax.set_title(f"d={r['dim']} L={r['depth']} s={r['seed']}\nmax angle err {r['max_angle_error_deg']:.2f} deg, "
+                         f"radii +-{100 * spread:.0f}%", fontsize=7)
         fig.suptitle(f"rank-2 Gram-factor points vs the regular {K}-gon")
         save_figure(folder / "polygons.png", fig, dpi=110)
         plt.close(fig)

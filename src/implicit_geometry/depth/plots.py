@@ -84,7 +84,9 @@ def plot_depth_figures(folder: Path, config: Any, results: list[dict], histories
     depths = config.depths
     cols = min(5, len(depths))
     rows = int(np.ceil(len(depths) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), constrained_layout=True, squeeze=False)
+    # at least ~6 inches wide, so that the title fits over one or two panels
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.0 * cols, 6.5), 2.4 * rows + 0.3), constrained_layout=True,
+                             squeeze=False)
     for ax, L in zip(axes.ravel(), depths):
         h = [r for r in histories if r["dim"] == d0 and r["depth"] == L and r["seed"] == seed0]
         if h:

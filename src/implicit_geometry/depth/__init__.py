@@ -3,7 +3,7 @@
 - :mod:`~implicit_geometry.depth.codes`: max-margin (softmax) codes, exact one-vs-rest distances.
 - :mod:`~implicit_geometry.depth.reading`: ranks, Gram factor, angles, best code and ETF distance of mean logits.
 - :mod:`~implicit_geometry.depth.efficiency`: margin at equal parameter norm, depth at which low rank wins.
-- :mod:`~implicit_geometry.depth.curvature`: directional logits, softmax Hessian, logit kernel, Hessian-vector products.
+- :mod:`~implicit_geometry.depth.curvature`: directional logits, softmax Hessian, Gauss-Newton system, Hessian-vector products.
 - :mod:`~implicit_geometry.depth.stepping`: path-following steps for any depth from small initialization, with
   backward-Euler steps on saddle plateaus.
 """

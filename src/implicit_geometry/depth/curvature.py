@@ -63,15 +63,19 @@ def softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
     >>> bool(torch.allclose(C[0, 0] @ C[0, 0].T, torch.diag(p) - torch.outer(p, p)))
     True
     """
-    Zp = loss.adjusted_logits(Z)
-    p = torch.softmax(Zp, dim=-2).transpose(-1, -2)  # B x N x k
+    return _softmax_root_and_sqrt_p(loss, Z)[0]
+
+
+def _softmax_root_and_sqrt_p(loss, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`softmax_root` and ``sqrt(p)`` (B x N x k), which :func:`reduced_softmax_root` needs too."""
+    p = torch.softmax(loss.adjusted_logits(Z), dim=-2).transpose(-1, -2)  # B x N x k
     sp = p.sqrt()
     C = torch.diag_embed(sp) - p[..., :, None] * sp[..., None, :]
     scale = torch.exp(0.5 * loss._log_sample)[None, :, None, None]
     if loss._jac is not None:
         jac = loss._jac.expand(Z.shape[-2], Z.shape[-1]).transpose(0, 1)  # N x k
         C = C * jac[None, :, :, None]
-    return C * scale
+    return C * scale, sp
 
 
 def reduced_softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
@@ -93,8 +97,7 @@ def reduced_softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
     >>> bool(torch.allclose(R @ R.mT, C @ C.mT, atol=1e-15))
     True
     """
-    C = softmax_root(loss, Z)
-    h = torch.softmax(loss.adjusted_logits(Z), dim=-2).transpose(-1, -2).sqrt()  # B x N x k
+    C, h = _softmax_root_and_sqrt_p(loss, Z)  # h = sqrt(p_i), made the Householder vector in place
     h[..., 0] += 1.0
     # C Hh = C - 2 (C h) h^T / h^T h with C h = C e_0 (C sqrt(p) = 0); column 0 of C Hh is -C sqrt(p) = 0: dropped
     coef = (2.0 / (h * h).sum(dim=-1, keepdim=True)) * h[..., 1:]  # B x N x (k-1)
@@ -104,22 +107,6 @@ def reduced_softmax_root(loss, Z: torch.Tensor) -> torch.Tensor:
 def logit_hessian_apply(C: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """``S T`` sample by sample (``S_i = C_i C_i^T`` the CE Hessian in the logits; T is B x k x N)."""
     return (C @ (C.transpose(-1, -2) @ T.transpose(1, 2)[..., None])).squeeze(-1).transpose(1, 2)
-
-
-def logit_kernel(chain: Chain) -> torch.Tensor:
-    """The neural tangent kernel of the logits, ``J J^T``, as B x k x k x N x N (entry ``[c, d, i, j]`` pairs logit
-    ``z_ci`` with ``z_dj``): ``sum_l (A_l A_l^T)[c, d] (P_{l-1}^T P_{l-1})[i, j]`` (``dZ = A_l dF_l P_{l-1}``;
-    ``A_L = I``, ``P_{-1} = I``). One batched matmul over the layers."""
-    L, Z = chain.depth, chain.logits
-    Bsz, k, N = Z.shape
-    eye_k = torch.eye(k, dtype=Z.dtype, device=Z.device).expand(Bsz, k, k)
-    eye_n = torch.eye(N, dtype=Z.dtype, device=Z.device).expand(Bsz, N, N)
-    right = chain.right()
-    Ps = [A @ A.transpose(1, 2) for A in chain.left] + [eye_k]
-    Bs = [eye_n] + [P.transpose(1, 2) @ P for P in right]
-    P = torch.stack(Ps, dim=-1).reshape(Bsz, k * k, L + 1)
-    Bg = torch.stack(Bs, dim=1).reshape(Bsz, L + 1, N * N)
-    return (P @ Bg).reshape(Bsz, k, k, N, N)
 
 
 def hessian_vector_product(chain: Chain, grad_logits: torch.Tensor, C: torch.Tensor, v: Params) -> Params:
@@ -162,8 +149,8 @@ class GaussNewtonSystem:
         L = chain.depth
         self.C = reduced_softmax_root(loss, Z)  # B N k (k-1)
         r = self.C.shape[-1]
-        # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b] with the logit kernel K = sum_l (A_l A_l^T)[c, d]
-        # (P_{l-1}^T P_{l-1})[i, j] (logit_kernel), contracted in the order that needs no k x k x N x N permutation
+        # M[i a, j b] = sum_cd C_i[c, a] K[c d i j] C_j[d, b] with the logit kernel J J^T, K[c d i j] =
+        # sum_l (A_l A_l^T)[c, d] (P_{l-1}^T P_{l-1})[i, j] (dZ = A_l dF_l P_{l-1}; A_L = I, P_{-1} = I), contracted in the order that needs no k x k x N x N permutation
         # of K: first C_i into the layers' k x k factors (Q), then the layers against row i of the N x N factors
         # (dt folded in there, the smallest place), then C_j sample pair by sample pair. Same flops as forming K;
         # about 3x faster at the paper's setting.

@@ -86,8 +86,6 @@ from implicit_geometry.depth.curvature import (
     Params,
     flatten,
     hessian_vector_product,
-    logit_kernel,
-    softmax_root,
     tangent_logits,
     unflatten,
 )
@@ -95,7 +93,7 @@ from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.simulator import Simulator
 
 __all__ = ["CODE_ASCENT", "CODE_DONE", "CODE_OFF", "CODE_SETTLE", "PathSimulator", "backward_euler_step", "bdf2_center",
-           "logit_kernel", "logit_spread", "softmax_root", "tangent_logits"]
+           "logit_spread"]
 
 # code phase of a run (PathSimulator.code_phase)
 CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3

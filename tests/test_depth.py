@@ -378,9 +378,8 @@ def test_bdf2_plateau_steps_are_second_order():
     assert bdf[1] < be[1] / 10
 
 
-def test_backward_euler_step_solves_its_equation():
-    """``theta + dt grad L(theta) = theta_k`` at the returned point, the loss did not rise, and a tiny dt gives the
-    explicit Euler step to first order; from a rank-1 saddle of the paper's kind, where the Gauss-Newton model is poor."""
+def _small_saddle():
+    """A rank-1 saddle of the paper's kind, small: 200 explicit path steps at K = 4, n = 2, d = 8, L = 6."""
     labels = np.repeat(np.arange(4), 2)
     loss = CrossEntropy(labels, 4)
     m = DeepUFM.random(num_classes=4, num_samples=8, dim=8, depth=6, batch=1, init_std=0.15, seeds=[0])
@@ -388,7 +387,13 @@ def test_backward_euler_step_solves_its_equation():
     with torch.no_grad():
         for _ in range(200):
             sim.update()
-    base = sim.model
+    return loss, sim.model
+
+
+def test_backward_euler_step_solves_its_equation():
+    """``theta + dt grad L(theta) = theta_k`` at the returned point, the loss did not rise, and a tiny dt gives the
+    explicit Euler step to first order; from a rank-1 saddle of the paper's kind, where the Gauss-Newton model is poor."""
+    loss, base = _small_saddle()
     for dt in (0.05, 1.0):
         new, iterations = backward_euler_step(base, loss, dt)
         assert new is not None and iterations >= 1
@@ -405,6 +410,20 @@ def test_backward_euler_step_solves_its_equation():
     _, _, g0 = _gradient(base, loss)
     for t, b, gg in zip(new.factors, base.factors, g0):
         assert torch.allclose((t - b) / tiny, -gg, atol=1e-3 * float(gg.abs().max()))
+
+
+def test_backward_euler_trace_records_each_newton_step_without_changing_it():
+    """The diagnostic trace: one entry per Newton step taken, its last iterate is the returned point, and asking for
+    it leaves the result bit for bit the same."""
+    loss, model = _small_saddle()
+    plain, iterations = backward_euler_step(model, loss, 1.0)
+    trace: list = []
+    traced, again = backward_euler_step(model, loss, 1.0, trace=trace)
+    assert again == iterations and 1 <= len(trace) <= iterations
+    assert all(torch.equal(a, b) for a, b in zip(plain.factors, traced.factors))
+    assert torch.equal(trace[-1]["theta"][0], torch.cat([F[0].reshape(-1) for F in traced.factors]))
+    assert all(e["residual"] > 0 and e["cg"] >= 1 and 0 < e["alpha"] <= 1 for e in trace)
+    assert all(e["curvature"] is None or e["curvature"] < 0 for e in trace)
 
 
 def _margins(Z, labels):

@@ -113,8 +113,8 @@ def logit_spread(Z: torch.Tensor) -> torch.Tensor:
     return (Z.amax(dim=-2) - Z.amin(dim=-2)).amax(dim=-1)
 
 
-def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20,
-                        max_cg: int = 100, center: torch.Tensor | None = None) -> tuple[DeepUFM | None, int]:
+def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20, max_cg: int = 100,
+                        center: torch.Tensor | None = None, trace: list | None = None) -> tuple[DeepUFM | None, int]:
     """One backward-Euler step of gradient flow for a single run (batch of one), ``theta = theta_k - dt grad L(theta)``,
     solved as the proximal problem ``min L(theta) + ||theta - theta_k||^2 / (2 dt)`` by Newton's method. Returns the
     new model and the Newton iterations used, or ``(None, iterations)`` if Newton did not converge (take a smaller dt).
@@ -130,7 +130,12 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
     resolve.
 
     ``center`` (flattened, 1 x P) replaces ``theta_k`` as the proximal centre, ``theta = center - dt grad L(theta)``,
-    with Newton still started from the model's factors: the form of a BDF2 step (:func:`bdf2_center`)."""
+    with Newton still started from the model's factors: the form of a BDF2 step (:func:`bdf2_center`).
+
+    ``trace``, if given, receives one dict per Newton iteration that took a step (for diagnostics,
+    ``benchmarks/plateau_newton.py``): ``residual`` (the proximal gradient's norm before the step), ``cg`` (CG
+    iterations), ``curvature`` (the Hessian's Rayleigh quotient where CG met negative curvature, else None),
+    ``alpha`` (the accepted step length) and ``theta`` (the new iterate, flattened)."""
     # parameters as one flat vector (factors are views of it): the CG and line-search updates are one op each; theta
     # is always a tensor of this function's own (never written after it is returned), so the result is views of it
     like = model.factors
@@ -157,6 +162,7 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
         if it > 0 and z_norm <= 1e-8 * scale:
             return DeepUFM(unflatten(theta, like)), it
         x = torch.zeros_like(theta)
+        negative = None
         res = -r  # a new tensor: updated in place below
         p, rz = z, float(_dot(res, z))
         r0 = math.sqrt(max(rz, 0.0))
@@ -164,6 +170,8 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
             Ap = flatten(hessian_vector_product(chain, g_logits, system.C, unflatten(p, like))).add_(p, alpha=1.0 / dt)
             pAp = float(_dot(p, Ap))
             if not pAp > 0:  # negative curvature: keep the CG iterate so far (the Gauss-Newton step if none)
+                if trace is not None:
+                    negative = pAp / float(_dot(p, p)) - 1.0 / dt
                 if j == 0:
                     x = z
                 break
@@ -192,6 +200,9 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
             alpha *= 0.5
         else:
             return None, it + 1
+        if trace is not None:
+            trace.append({"residual": float(torch.linalg.vector_norm(r)), "cg": j + 1, "curvature": negative,
+                          "alpha": alpha, "theta": cand.clone()})
         theta, phi0 = cand, phi
     return None, max_newton
 

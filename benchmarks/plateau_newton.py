@@ -15,12 +15,21 @@ the rank-1 saddle by the explicit path rule, then integrated by backward-Euler s
    them), but the Hessian is not zero there: its quadratic form along an orbit is minus the gradient times the
    orbit's curvature, so it grows with the gradient.
 
+With ``--precision FLOWS`` it instead follows the run with the depth experiment's own simulator (plateau mode, no
+stall rule) and, at each listed flow time on the plateau, checks float64 against 50-digit decimal arithmetic
+(:func:`reference_gradient`): the class-mean logits' error against the size of everything but their top singular
+value (``sqrt(e_2) / sigma_1``, with ``e_2`` the sum of the squared 2 x 2 minors: exact, no SVD), and the loss
+gradient's relative error, overall and in the classifier ``W_L``.
+
     OMP_NUM_THREADS=2 python benchmarks/plateau_newton.py --dim 20 --depth 10 --seed 0 --dense      # ~3 min
+    OMP_NUM_THREADS=1 python benchmarks/plateau_newton.py --dim 100 --depth 10 --seed 2 --precision 10,50,100,150,200
 """
 
 from __future__ import annotations
 
 import argparse
+import decimal
+import math
 import sys
 import time
 
@@ -93,6 +102,72 @@ def dense_report(name: str, theta: torch.Tensor, like, loss) -> None:
           flush=True)
 
 
+def reference_gradient(factors: list[torch.Tensor], labels: np.ndarray, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The logits and the summed cross-entropy's gradient per factor in 50-digit decimal arithmetic (object arrays of
+    :class:`decimal.Decimal`; float64 entries convert exactly), for a single run (B = 1)."""
+    decimal.getcontext().prec = 50
+    F = [np.vectorize(decimal.Decimal, otypes=[object])(f[0].cpu().numpy()) for f in factors]
+    right = [F[0]]  # F_l ... F_0
+    for f in F[1:]:
+        right.append(np.dot(f, right[-1]))
+    Z = right[-1]
+    left = [None] * len(F)  # F_L ... F_{l+1} (k x d), the identity for the top factor
+    left[-1] = np.array([[decimal.Decimal(int(i == j)) for j in range(k)] for i in range(k)], dtype=object)
+    for l in range(len(F) - 2, -1, -1):
+        left[l] = np.dot(left[l + 1], F[l + 1])
+    G = np.empty(Z.shape, dtype=object)
+    for i in range(Z.shape[1]):
+        top = max(Z[:, i])
+        e = [(z - top).exp() for z in Z[:, i]]
+        total = sum(e)
+        for c in range(k):
+            G[c, i] = e[c] / total - int(c == labels[i])
+    grads = [np.dot(left[l].T, G) if l == 0 else np.dot(np.dot(left[l].T, G), right[l - 1].T) for l in range(len(F))]
+    return Z, grads
+
+
+def precision_report(flow: float, model: DeepUFM, loss, labels: np.ndarray) -> None:
+    k = loss.num_classes
+    t0 = time.perf_counter()
+    Z, grads = reference_gradient(model.factors, labels, k)
+    chain = model.chain()
+    G, log_scale = loss.scaled_gradient(chain.logits)
+    g64 = [x[0].cpu().numpy() for x in chain.pullback(G * torch.exp(log_scale)[:, None, None])]
+    counts = np.bincount(labels, minlength=k)
+    means = np.array([[sum(Z[c, labels == j]) / int(counts[j]) for j in range(k)] for c in range(k)], dtype=object)
+    means64 = (chain.logits[0].cpu().numpy() @ np.eye(k)[labels]) / counts
+    minors = sum((means[a, c] * means[b, e] - means[a, e] * means[b, c]) ** 2
+                 for a in range(k) for b in range(a + 1, k) for c in range(k) for e in range(c + 1, k))
+    frob = math.sqrt(float(sum(x * x for x in means.ravel())))
+    rest = float(minors.sqrt()) / frob  # sqrt(e_2) / ||M||_F = (sum_{j>1} sigma_j^2)^(1/2) when sigma_1 dominates
+    err_means = float(np.abs(means.astype(float) - means64).max())
+    exact = [g.astype(float) for g in grads]
+    num = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(exact, g64)))
+    den = math.sqrt(sum(float((a ** 2).sum()) for a in exact))
+    top = float(np.linalg.norm(exact[-1] - g64[-1])) / float(np.linalg.norm(exact[-1]))
+    print(f"  flow {flow:6.1f}: class-mean logits ||M|| {frob:.3e} (~sigma_1), beyond their top mode {rest:.3e}, their float64 "
+          f"error {err_means:.3e}; loss gradient float64 error {num / den:.2e} relative (classifier {top:.2e})  "
+          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+
+
+def precision_along_plateau(dim: int, depth: int, seed: int, flows: list[float], loss, labels: np.ndarray) -> None:
+    """The depth experiment's simulator (its defaults, a plateau budget that never binds) up to each flow time."""
+    m = DeepUFM.random(num_classes=K, num_samples=K * N_PER, dim=dim, depth=depth, batch=1, init_std=STD, seeds=[seed])
+    sim = PathSimulator(m, loss, eta=0.01, plateau_budget=10**9)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for flow in flows:
+            while float(sim.plateau_time[0]) < flow and int(sim.step) < 10**7:
+                sim.update()
+                if bool(sim.separated[0]):
+                    print(f"  every sample classified at flow time {float(sim.plateau_time[0]):.1f} on the plateau: "
+                          "escaped", flush=True)
+                    return
+            print(f"  reached flow {float(sim.plateau_time[0]):.1f} after {int(sim.plateau_steps[0])} implicit steps "
+                  f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+            precision_report(float(sim.plateau_time[0]), sim.model, loss, labels)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dim", type=int, default=20)
@@ -102,10 +177,15 @@ def main() -> int:
     ap.add_argument("--dt", type=float, default=2.0, help="the step whose Newton iterations are traced")
     ap.add_argument("--newton", type=int, default=8, help="Newton iterations to trace")
     ap.add_argument("--dense", action="store_true", help="dense Hessian analysis (at most 6000 parameters)")
+    ap.add_argument("--precision", default="", help="flow times on the plateau at which to check float64 (comma list)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     labels = np.repeat(np.arange(K), N_PER)
     loss = CrossEntropy(labels, K)
+    if a.precision:
+        print(f"d={a.dim} L={a.depth} seed {a.seed}: float64 against 50 digits along the plateau", flush=True)
+        precision_along_plateau(a.dim, a.depth, a.seed, [float(x) for x in a.precision.split(",")], loss, labels)
+        return 0
     m = saddle_state(a.dim, a.depth, a.seed, a.flow, loss)
     s = torch.linalg.svdvals(m.logits()[0])
     print(f"d={a.dim} L={a.depth} seed {a.seed}, flow time {a.flow:g} on the saddle: logit singular values "

@@ -726,11 +726,11 @@ def test_depth_cli_errors_and_run(tmp_path):
 
     from implicit_geometry.cli import main
     from implicit_geometry.experiments.depth import DepthConfig
-    from implicit_geometry.experiments.depth_cli import _int_list
+    from implicit_geometry._validation import parse_int_list
 
-    assert _int_list("depths", "1..3,5") == [1, 2, 3, 5]
+    assert parse_int_list("depths", "1..3,5") == [1, 2, 3, 5]
     with pytest.raises(InvalidParameterError, match="dims must be comma-separated integers"):
-        _int_list("dims", "a,b")
+        parse_int_list("dims", "a,b")
     r = subprocess.run([sys.executable, "-m", "implicit_geometry.cli", "run", "depth", "--depths", "0..2", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "depth must be an integer >= 1 (got 0)" in r.stderr and "Traceback" not in r.stderr

@@ -277,6 +277,9 @@ def test_experiment_reports_faces_instead_of_nc(tmp_path):
     (["--analyses", "foo"], "analyses must be one of"),
     (["--init", "0,1,x"], "init must be comma-separated numbers"),
     (["--classes", "4", "--init", "0,1,2"], "init must have classes = 4 values"),
+    (["--depths", "0..2"], "depths must be an integer >= 1 (got 0)"),
+    (["--rank-depths", "3..1"], "rank_depths must be comma-separated integers or ranges a..b with a <= b"),
+    (["--basin-depths", "1,two"], "basin_depths must be comma-separated integers or ranges like 1..10"),
 ])
 def test_experiment_bad_input_exits_2(args, msg, capsys):
     from implicit_geometry.cli import cli
@@ -285,6 +288,14 @@ def test_experiment_bad_input_exits_2(args, msg, capsys):
         cli(["run", "hadamard", *args, "--quiet"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("igeom: error: ") and msg in err and err.count("\n") == 1
+
+
+def test_depth_lists_take_ranges_like_run_depth():
+    """``--depths 1..3`` means the same in ``run hadamard`` as in ``run depth`` (one parser for both)."""
+    from implicit_geometry.experiments.hadamard import HadamardConfig
+
+    cfg = HadamardConfig(classes=8, depths="1..3", rank_depths="2,4..5", basin_classes="4..4").validate()
+    assert cfg.depths == [1, 2, 3] and cfg.rank_depths == [2, 4, 5] and cfg.basin_classes == [4]
 
 
 def test_experiment_resume_gives_same_numbers(tmp_path):
@@ -306,3 +317,16 @@ def test_experiment_resume_gives_same_numbers(tmp_path):
     for key in ("trajectories", "basin_fraction_nc"):
         assert resumed[key] == full[key]
     assert not (folder / "checkpoint.pt").exists()
+
+
+def test_repulsion_order_agreement_is_none_without_pairs_to_compare():
+    """Equal (or zero) initial modes give no pair to judge: the summary says so instead of reporting 0%."""
+    from implicit_geometry.experiments.hadamard import repulsion_summary
+
+    runaway = np.array([[1.0, 2.0, np.inf]])
+    tied = repulsion_summary(np.array([[0.5, 0.5, 0.0]]), runaway, np.ones((1, 3)))
+    assert tied["order_agreement"] is None
+    assert repulsion_summary(np.array([[0.7, 0.5, 0.1]]), runaway, np.ones((1, 3)))["order_agreement"] == 1.0
+    # mode 1 runs away before the larger mode 0: one of the three pairs out of order
+    swapped = repulsion_summary(np.array([[0.7, 0.5, 0.1]]), runaway[:, [1, 0, 2]], np.ones((1, 3)))
+    assert swapped["order_agreement"] == pytest.approx(2 / 3)

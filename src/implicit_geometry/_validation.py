@@ -8,6 +8,7 @@ one-line message and exit status 2.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -40,6 +41,34 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
     if maximum is not None and value > maximum:
         _fail(name, f"an integer <= {maximum}", value)
     return value
+
+
+def parse_int_list(name: str, text: str) -> list[int]:
+    """A command-line list of integers: comma-separated values and inclusive ranges ``a..b``, in the order given
+    (empty items are skipped). Range checks are the caller's (``check_int``).
+
+    >>> parse_int_list("depths", "1..3,5")
+    [1, 2, 3, 5]
+    >>> parse_int_list("depths", "1,x")
+    Traceback (most recent call last):
+    ...
+    implicit_geometry._validation.InvalidParameterError: depths must be comma-separated integers or ranges like 1..10 (got '1,x')
+    """
+    out: list[int] = []
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        match = _INT_OR_RANGE.fullmatch(part)
+        if match is None:
+            _fail(name, "comma-separated integers or ranges like 1..10", text)
+        first, last = int(match.group(1)), int(match.group(2) if match.group(2) is not None else match.group(1))
+        if last < first:
+            _fail(name, "comma-separated integers or ranges a..b with a <= b", text)
+        out.extend(range(first, last + 1))
+    return out
+
+
+_INT_OR_RANGE = re.compile(r"\s*([+-]?\d+)\s*(?:\.\.\s*([+-]?\d+)\s*)?")
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -7,24 +7,6 @@ import click
 from implicit_geometry.experiments.cli_common import common_run_options, emit_summary
 
 
-def _int_list(name: str, text: str) -> list[int]:
-    from implicit_geometry._validation import InvalidParameterError
-
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if ".." in part:
-            a, b = part.split("..", 1)
-            if not (a.strip().isdigit() and b.strip().isdigit()):
-                raise InvalidParameterError(f"{name} must be comma-separated integers or ranges like 1..10 (got {text!r})")
-            out.extend(range(int(a), int(b) + 1))
-        elif part.isdigit():
-            out.append(int(part))
-        else:
-            raise InvalidParameterError(f"{name} must be comma-separated integers or ranges like 1..10 (got {text!r})")
-    return out
-
-
 @click.command("depth")
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes K.")
 @click.option("--n", "samples_per_class", type=int, default=5, show_default=True, help="Samples per class.")
@@ -53,13 +35,14 @@ def _int_list(name: str, text: str) -> list[int]:
 def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, plateau, plateau_budget, lr, max_steps,
             target_margin, code, code_step, code_max_steps, norm_factor, rank_tol, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Sweep depth and width of the deep UFM from random init: effective rank, learned softmax code, ETF distances."""
+    from implicit_geometry._validation import parse_int_list
     from implicit_geometry.experiments.depth import DepthConfig, run_depth
 
     if resume is not None:
         emit_summary(run_depth(resume=resume, progress=not quiet), as_json)
         return
     config = DepthConfig(
-        classes=classes, samples_per_class=samples_per_class, dims=_int_list("dims", dims), depths=_int_list("depths", depths),
+        classes=classes, samples_per_class=samples_per_class, dims=parse_int_list("dims", dims), depths=parse_int_list("depths", depths),
         init_std=init_std, seeds=seeds, first_seed=first_seed, optimizer=optimizer, eta=eta, plateau=plateau,
         plateau_budget=plateau_budget, lr=lr, max_steps=max_steps,
         target_margin=target_margin, code=code, code_step=code_step, code_max_steps=code_max_steps, norm_factor=norm_factor, rank_tol=rank_tol, device=device,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int
+from implicit_geometry._validation import InvalidParameterError, check_choice, check_float, check_int, parse_int_list
 from implicit_geometry.dynamics.exactness import exactness_check
 from implicit_geometry.dynamics.hadamard import REDUCTIONS, check_power_of_two, check_spectrum, sample_singular_values
 from implicit_geometry.dynamics.reduced import (
@@ -58,10 +58,7 @@ ANALYSES = ("exactness", "trajectories", "rank", "basin", "repulsion")
 
 def _int_list(name: str, values: Any, minimum: int, power_of_two: bool = False) -> list[int]:
     if isinstance(values, str):
-        try:
-            values = [int(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise InvalidParameterError(f"{name} must be comma-separated integers such as 1,2,3 (got {values!r})") from None
+        values = parse_int_list(name, values)
     if isinstance(values, (int, np.integer)):
         values = [values]
     out = [check_int(name, v, minimum=minimum) for v in values]
@@ -423,13 +420,14 @@ class HadamardRun:
 
 def repulsion_summary(a0: np.ndarray, runaway: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     """Order and timing of runaways: ``order_agreement`` is the fraction of mode pairs (a0_i > a0_j) where i runs
-    away no later than j (1: larger modes always first); ``first_*`` concern the first mode of each IC."""
+    away no later than j (1: larger modes always first; None when no two nonzero modes differ); ``first_*`` concern
+    the first mode of each IC."""
     B, m = a0.shape
     bigger = a0[:, :, None] > a0[:, None, :]
     earlier = runaway[:, :, None] <= runaway[:, None, :]
     live = (a0[:, :, None] > 0) & (a0[:, None, :] > 0)
     pairs = bigger & live
-    agree = float((earlier & pairs).sum() / max(pairs.sum(), 1))
+    agree = float((earlier & pairs).sum() / pairs.sum()) if pairs.any() else None
     ran = np.isfinite(runaway)
     first = np.where(ran.any(1), runaway.min(1, initial=np.inf, where=ran), np.inf)
     first_idx = np.where(ran, runaway, np.inf).argmin(1)
@@ -468,7 +466,9 @@ def verdict(summary: dict[str, Any], c: HadamardConfig) -> list[str]:
             lines.append(f"basin of neural collapse, K = {K}: " + ", ".join(
                 f"L{L} {'n/a' if v is None else f'{v:.0%}'}" for L, v in row.items()))
     for L, s in summary.get("repulsion", {}).items():
-        lines.append(f"repulsion L = {L}: larger modes run away first in {s['order_agreement']:.0%} of pairs, "
+        order = ("no two nonzero modes differ" if s["order_agreement"] is None
+                 else f"larger modes run away first in {s['order_agreement']:.0%} of pairs")
+        lines.append(f"repulsion L = {L}: {order}, "
                      f"{s['modes_run_away_mean']:.1f} modes reach a = {c.runaway_level:g}, first at t ~ "
                      f"{s['first_time_median'] if s['first_time_median'] is None else round(s['first_time_median'], 3)}")
     faces = summary.get("faces", [])

@@ -19,7 +19,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @common_run_options
 def command(dataset, depths, widths, per_class, epochs, batch_size, lr, weight_decay, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Train the same MLP with ReLU heads of several depths (and widths); effective rank of the mean logits."""
-    from implicit_geometry._validation import InvalidParameterError
+    from implicit_geometry._validation import InvalidParameterError, parse_int_list
     from implicit_geometry.experiments.head_depth import HeadDepthConfig, run_head_depth
 
     if resume is not None:
@@ -28,13 +28,7 @@ def command(dataset, depths, widths, per_class, epochs, batch_size, lr, weight_d
     if seeds != 1:
         raise InvalidParameterError(f"seeds must be 1 for head-depth (one network per depth and width; got {seeds}); use --first-seed")
 
-    def ints(name, s):
-        try:
-            return [int(p) for p in s.split(",") if p.strip()]
-        except ValueError:
-            raise InvalidParameterError(f"{name} must be comma-separated integers such as 1,2,3 (got {s!r})") from None
-
-    config = HeadDepthConfig(depths=ints("depths", depths), widths=ints("widths", widths), network={
+    config = HeadDepthConfig(depths=parse_int_list("depths", depths), widths=parse_int_list("widths", widths), network={
         "dataset": dataset, "per_class": per_class, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "first_seed": first_seed, "device": device, "permutations": 0})
     emit_summary(run_head_depth(config, out, progress=not quiet), as_json)

@@ -9,8 +9,8 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 
 @click.command("hadamard")
 @click.option("--classes", type=int, default=16, show_default=True, help="K, a power of two (2, 4, 8, 16, ...).")
-@click.option("--depths", default="1,2,3", show_default=True, help="Depths L for trajectories and repulsion (L+1 factors).")
-@click.option("--rank-depths", default="1,2,3,4,5,6,7,8,9,10", show_default=True, help="Depths for effective rank vs depth.")
+@click.option("--depths", default="1,2,3", show_default=True, help="Depths L for trajectories and repulsion (L+1 factors), e.g. 1..3 or 1,3.")
+@click.option("--rank-depths", default="1,2,3,4,5,6,7,8,9,10", show_default=True, help="Depths for effective rank vs depth (values or ranges, e.g. 1..10).")
 @click.option("--basin-depths", default="1,2,3,4,5", show_default=True, help="Depths for the basin of attraction.")
 @click.option("--basin-classes", default="4,8,16,32", show_default=True, help="Numbers of classes K for the basin.")
 @click.option("--analyses", default="exactness,trajectories,rank,basin,repulsion", show_default=True, help="Which analyses to run.")

@@ -9,7 +9,7 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 
 @click.command("head-depth")
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist1d, fashion-mnist, idx:FOLDER or cifar10:FOLDER.")
-@click.option("--depths", default="1,2,3,4,5,6", show_default=True, help="Comma-separated ReLU head depths L.")
+@click.option("--depths", default="1,2,3,4,5,6", show_default=True, help="ReLU head depths L, e.g. 1..6 or 1,3,5.")
 @click.option("--widths", default="128", show_default=True, help="Comma-separated head widths d.")
 @click.option("--per-class", type=int, default=0, show_default=True, help="Rows per class (0: all).")
 @click.option("--epochs", type=int, default=30, show_default=True)

@@ -44,9 +44,12 @@ from implicit_geometry.train.losses import CrossEntropy
 K, N_PER, STD = 10, 5, 0.03
 
 
+def initial_model(dim: int, depth: int, seed: int) -> DeepUFM:
+    return DeepUFM.random(num_classes=K, num_samples=K * N_PER, dim=dim, depth=depth, batch=1, init_std=STD, seeds=[seed])
+
+
 def saddle_state(dim: int, depth: int, seed: int, flow: float, loss) -> DeepUFM:
-    m = DeepUFM.random(num_classes=K, num_samples=K * N_PER, dim=dim, depth=depth, batch=1, init_std=STD, seeds=[seed])
-    sim = PathSimulator(m, loss, eta=0.01, plateau=False)
+    sim = PathSimulator(initial_model(dim, depth, seed), loss, eta=0.01, plateau=False)
     with torch.no_grad():
         sim.run(300)  # the explicit rule reaches the saddle and cannot leave it
     m, t, h = sim.model, 0.0, 1.0
@@ -152,8 +155,7 @@ def precision_report(flow: float, model: DeepUFM, loss, labels: np.ndarray) -> N
 
 def precision_along_plateau(dim: int, depth: int, seed: int, flows: list[float], loss, labels: np.ndarray) -> None:
     """The depth experiment's simulator (its defaults, a plateau budget that never binds) up to each flow time."""
-    m = DeepUFM.random(num_classes=K, num_samples=K * N_PER, dim=dim, depth=depth, batch=1, init_std=STD, seeds=[seed])
-    sim = PathSimulator(m, loss, eta=0.01, plateau_budget=10**9)
+    sim = PathSimulator(initial_model(dim, depth, seed), loss, eta=0.01, plateau_budget=10**9)
     t0 = time.perf_counter()
     with torch.no_grad():
         for flow in flows:
@@ -177,14 +179,17 @@ def main() -> int:
     ap.add_argument("--dt", type=float, default=2.0, help="the step whose Newton iterations are traced")
     ap.add_argument("--newton", type=int, default=8, help="Newton iterations to trace")
     ap.add_argument("--dense", action="store_true", help="dense Hessian analysis (at most 6000 parameters)")
-    ap.add_argument("--precision", default="", help="flow times on the plateau at which to check float64 (comma list)")
+    ap.add_argument("--precision", type=lambda text: [float(x) for x in text.split(",")], default=None,
+                    help="flow times on the plateau at which to check float64 (comma list)")
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    params = K * N_PER * a.dim + (a.depth - 1) * a.dim * a.dim + K * a.dim
+    if a.dense and params > 6000:  # checked before the minutes it takes to reach the saddle
+        ap.error(f"--dense needs at most 6000 parameters (this model has {params}): use a smaller --dim")
     labels = np.repeat(np.arange(K), N_PER)
     loss = CrossEntropy(labels, K)
     if a.precision:
         print(f"d={a.dim} L={a.depth} seed {a.seed}: float64 against 50 digits along the plateau", flush=True)
-        precision_along_plateau(a.dim, a.depth, a.seed, [float(x) for x in a.precision.split(",")], loss, labels)
+        precision_along_plateau(a.dim, a.depth, a.seed, a.precision, loss, labels)
         return 0
     m = saddle_state(a.dim, a.depth, a.seed, a.flow, loss)
     s = torch.linalg.svdvals(m.logits()[0])
@@ -204,9 +209,6 @@ def main() -> int:
               f"curvature met {curv}; step length {e['alpha']:.3g}; moved {float((e['theta'] - base).norm()):.4f}; "
               f"sigma_1 {float(torch.linalg.svdvals(Z)[0]):.4e}", flush=True)
     if a.dense:
-        if base.shape[1] > 6000:
-            print(f"--dense needs at most 6000 parameters (this model has {base.shape[1]}): use a smaller --dim", file=sys.stderr)
-            return 2
         dense_report("at the state", base, m.factors, loss)
         if trace:
             dense_report("at Newton's first iterate", trace[0]["theta"], m.factors, loss)

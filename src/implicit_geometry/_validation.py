@@ -43,6 +43,9 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
     return value
 
 
+_INT_OR_RANGE = re.compile(r"\s*([+-]?\d+)\s*(?:\.\.\s*([+-]?\d+)\s*)?")
+
+
 def parse_int_list(name: str, text: str) -> list[int]:
     """A command-line list of integers: comma-separated values and inclusive ranges ``a..b``, in the order given
     (empty items are skipped). Range checks are the caller's (``check_int``).
@@ -66,9 +69,6 @@ def parse_int_list(name: str, text: str) -> list[int]:
             _fail(name, "comma-separated integers or ranges a..b with a <= b", text)
         out.extend(range(first, last + 1))
     return out
-
-
-_INT_OR_RANGE = re.compile(r"\s*([+-]?\d+)\s*(?:\.\.\s*([+-]?\d+)\s*)?")
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -746,3 +746,46 @@ def test_depth_cli_errors_and_run(tmp_path):
         DepthConfig(plateau="yes").validate()
     with pytest.raises(InvalidParameterError, match=r"dim must be an integer >= 2 \(got 1\)"):  # rank-1 logits never separate K >= 3
         DepthConfig(dims=[1]).validate()
+
+
+def test_predict_codes_and_efficiency_cli(capsys):
+    from conftest import assert_one_line_error, run_cli
+
+    from implicit_geometry.cli import cli
+
+    def run_json(*args):
+        capsys.readouterr()
+        cli([str(a) for a in args] + ["--json"])
+        return json.loads(capsys.readouterr().out)
+
+    # the regular 10-gon: distance recomputed exactly from the printed points, every adjacent angle 36 degrees
+    c = run_json("predict", "codes", "--classes", 10, "--rank", 2)
+    assert c["known_name"] == "regular 10-gon"
+    assert abs(c["distance"] - (1 - np.cos(2 * np.pi / 10))) < 1e-9
+    P = np.array(c["points"])
+    assert one_vs_rest_distances(P).min() == pytest.approx(c["distance"], abs=1e-12)
+    assert np.linalg.norm(P, axis=1).max() == pytest.approx(1.0, abs=1e-12)
+    assert np.allclose(c["adjacent_angles_deg"], 36.0, atol=1e-5)
+    c = run_json("predict", "codes", "--classes", 6, "--rank", 3, "--restarts", 3)  # cross-polytope, no angles
+    assert c["known_name"] == "cross-polytope" and abs(c["distance"] - 1.0) < 1e-6 and c["adjacent_angles_deg"] is None
+    c = run_json("predict", "codes", "--classes", 7, "--rank", 3, "--restarts", 2)  # no closed form: value still exact
+    assert c["known_optimum"] is None and c["known_name"] is None
+    assert one_vs_rest_distances(np.array(c["points"])).min() == pytest.approx(c["distance"], abs=1e-12)
+    assert c["distance"] == pytest.approx(max(c["restart_distances"]))
+
+    # K = 4: the ETF wins at L = 1, 2 (nuclear-norm max margin at L = 1) and the square from L = 3
+    e = run_json("predict", "efficiency", "--classes", 4, "--depths", "1..4", "--restarts", 2)
+    assert [t["best_rank"] for t in e["tables"]] == [3, 3, 2, 2] and e["first_low_rank_depth"] == 3
+    square = np.array([[1.0, 0], [0, 1], [-1, 0], [0, -1]])
+    assert e["tables"][2]["codes"]["2"] == pytest.approx(margin_at_norm(code_logits(square), 3), rel=1e-6)
+    code, _ = run_cli(["predict", "efficiency", "--classes", 4, "--depths", 1, "--quiet"], capsys)
+    assert code in (0, None)
+
+    for args, needle in [(["codes", "--classes", 1, "--rank", 2], "classes must be an integer >= 2 (got 1)"),
+                         (["codes", "--classes", 5, "--rank", 0], "rank must be an integer >= 1 (got 0)"),
+                         (["codes", "--classes", 5, "--rank", 2, "--restarts", 0], "restarts must be an integer >= 1 (got 0)"),
+                         (["efficiency", "--classes", 2], "classes must be an integer >= 3 (got 2)"),
+                         (["efficiency", "--depths", "0..2"], "depth must be an integer >= 1 (got 0)"),
+                         (["efficiency", "--depths", ","], "depths must list at least one depth"),
+                         (["efficiency", "--depths", "3..1"], "depths must be comma-separated integers or ranges a..b")]:
+        assert_one_line_error(*run_cli(["predict", *args], capsys), needle)

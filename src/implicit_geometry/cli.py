@@ -44,6 +44,8 @@ COMMANDS: dict[str, str] = {
 # Subcommands of ``igeom predict``: name -> "module:attribute".
 PREDICTIONS: dict[str, str] = {
     "imbalance": "implicit_geometry.experiments.imbalance_cli:predict_command",
+    "codes": "implicit_geometry.experiments.depth_cli:predict_codes",
+    "efficiency": "implicit_geometry.experiments.depth_cli:predict_efficiency",
 }
 
 

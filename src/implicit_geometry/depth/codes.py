@@ -193,11 +193,13 @@ def _solve_once(W0: np.ndarray, maxiter: int) -> np.ndarray:
     return W / np.linalg.norm(W, axis=1).max()
 
 
-def softmax_code(K: int, r: int, *, restarts: int = 8, seed: int = 0, maxiter: int = 500) -> SoftmaxCode:
+def softmax_code(K: int, r: int, *, restarts: int = 8, seed: int = 0, maxiter: int = 500,
+                 progress: bool = False) -> SoftmaxCode:
     """The max-margin (softmax) code of K points in r dimensions under ``max_k ||w_k|| <= 1``.
 
     Several random restarts (Gaussian points normalized to the unit sphere); the best exact value is kept.
     For ``K <= r + 1`` the simplex is returned directly (it is optimal and spans K-1 <= r dimensions).
+    ``progress`` shows a bar over the restarts (each takes seconds to a minute from K ~ 20 on).
 
     >>> code = softmax_code(5, 2, restarts=4)
     >>> bool(abs(code.distance - (1 - np.cos(2 * np.pi / 5))) < 1e-6)
@@ -215,7 +217,9 @@ def softmax_code(K: int, r: int, *, restarts: int = 8, seed: int = 0, maxiter: i
         return SoftmaxCode(points=pts, distance=float(one_vs_rest_distances(pts).min()), restarts=(known,), known=known)
     rng = np.random.default_rng(seed)
     best, values = None, []
-    for _ in range(restarts):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(restarts), desc=f"softmax code K={K} r={r}", unit="restart", disable=not progress, leave=False):
         W0 = rng.standard_normal((K, r))
         W0 /= np.linalg.norm(W0, axis=1, keepdims=True)
         W = _solve_once(W0, maxiter)

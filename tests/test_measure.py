@@ -334,6 +334,8 @@ def test_save_load_model_and_measure_cli(tmp_path, capsys):
     assert _cli(["measure", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--max-rows", "300", "--permutations", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 300 and 0 <= out["layers"]["penultimate"]["nc4"] <= 1
+    g = out["logit_geometry"]  # the depth face's reading of the mean logits, centred as for the logit metrics
+    assert 1 <= g["numerical_rank"] <= 9 and g["effective_rank"] == pytest.approx(out["layers"]["logits"]["effective_rank_mean_logits"])
     torch.jit.script(net).save(str(tmp_path / "ts.pt"))
     assert _cli(["measure", "--model", str(tmp_path / "ts.pt"), "--data", "digits", "--layers", "logits", "--max-rows", "100", "--permutations", "0"]) == 0
     assert _cli(["measure", "--model", str(tmp_path / "missing.pt"), "--data", "digits"]) == 2
@@ -560,6 +562,11 @@ def test_run_commands_bad_input_and_head_depth(tmp_path, capsys):
     capsys.readouterr()
     assert _cli(["run", "head-depth", "--depths", "1,4", "--per-class", "10", "--epochs", "2", "--out", str(tmp_path / "hd"), "--quiet", "--json"]) == 0
     assert (tmp_path / "hd" / "figures" / "effective_rank.png").exists()
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert all(1 <= r["numerical_rank_mean_logits"] <= 9 and r["etf_distance_logits"] >= 0 for r in rows)
+    assert all((r["max_angle_error_deg"] is None) == (r["numerical_rank_mean_logits"] != 2) for r in rows)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -670,3 +677,47 @@ def test_benchmark_network_recipes_are_what_their_comments_say(tmp_path, monkeyp
     assert (cpu.weight_decay, cpu.weight_decay_normalized, cpu.epochs, cpu.measure_every) == (2e-3, 0.0, 1600, 2)
     assert drop_epochs(cpu) == [10, 950, 1500]
     assert (gpu.model, gpu.width, gpu.epochs, gpu.measure_every) == ("resnet20", 32, 110, 1) and drop_epochs(gpu) == [24]
+
+
+def _code_network(M: np.ndarray) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A network whose class-mean logits are exactly M (K x K, column c = class c): one-hot inputs through a
+    bias-free linear layer with weight M."""
+    K = M.shape[0]
+    net = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(K, K, bias=False)).double()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.as_tensor(M))
+    y = torch.arange(4 * K) % K
+    return net, torch.eye(K, dtype=torch.float64)[y], y
+
+
+def test_logit_geometry_of_a_network_reads_closed_form_codes():
+    from implicit_geometry.depth.codes import regular_polygon
+    from implicit_geometry.measure.api import logit_geometry
+    from implicit_geometry.measure.data import TensorBatches
+
+    # a regular hexagon code, relabelled, scaled and shifted per column: rank 2, the code itself, 60-degree angles
+    P = regular_polygon(6)[[3, 0, 5, 1, 4, 2]]
+    M = 7.5 * P @ P.T + np.arange(6.0)[None, :]
+    net, x, y = _code_network(M)
+    r = measure(net, TensorBatches(x, y, 5), 6, permutations=0)
+    assert np.allclose(r["mean_logits"], M)
+    g = r["logit_geometry"]
+    assert g["numerical_rank"] == 2 and g["code_rank"] == 2 and g["code_distance"] < 1e-9
+    assert g["code_value_ratio"] == pytest.approx(1.0, abs=1e-9) and np.allclose(g["adjacent_angles_deg"], 60.0)
+    assert g["effective_rank"] == pytest.approx(r["layers"]["logits"]["effective_rank_mean_logits"], abs=1e-12)
+    # the ETF logits: rank K-1, ETF distance 0, the simplex code (a closed form, so fitted whatever K)
+    K = 25
+    g = logit_geometry(3.0 * (np.eye(K) - 1.0 / K), code_max_classes=10)
+    assert g["numerical_rank"] == K - 1 and g["etf_distance"] < 1e-12 and g["code_distance"] < 1e-9
+    assert g["adjacent_angles_deg"] is None and g["code_skipped"] is None
+    # rotating the logit space about the all-ones direction (which softmax ignores) changes nothing
+    B = np.linalg.svd(np.eye(6) - 1.0 / 6)[0][:, :5]
+    Q = np.full((6, 6), 1.0 / 6) + B @ np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))[0] @ B.T
+    h = logit_geometry(Q @ M)
+    assert h["numerical_rank"] == 2 and h["code_distance"] < 1e-9 and np.allclose(h["adjacent_angles_deg"], 60.0)
+    assert h["effective_rank"] == pytest.approx(r["logit_geometry"]["effective_rank"], abs=1e-12)
+    # middle ranks of many classes are not solved on the way (minutes); the reading says so
+    A = np.random.default_rng(1).normal(size=(30, 3))
+    g = logit_geometry(A @ A.T, code_max_classes=20)
+    assert g["numerical_rank"] == 3 and g["code_distance"] is None and "K = 30 > 20" in g["code_skipped"]
+    assert logit_geometry(np.ones((4, 4))) is None  # constant columns: no geometry

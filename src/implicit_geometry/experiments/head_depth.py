@@ -95,10 +95,21 @@ def run_head_depth(config: HeadDepthConfig | None = None, out: Path | str | None
             pen = m["layers"]["penultimate"]
             rows.append({"depth": c.depth, "width": c.width, "effective_rank_mean_logits": pen["effective_rank_mean_logits"],
                          "stable_rank_mean_logits": pen["stable_rank_mean_logits"], "nc1": pen["nc1"], "train_error": 1 - pen["accuracy"],
-                         "seli_dist_logits": pen["seli_dist_logits"], "seconds": seconds})
+                         "seli_dist_logits": pen["seli_dist_logits"], **_code_reading(m["logit_geometry"], data.num_classes),
+                         "seconds": seconds})
             write_torch(folder / "checkpoint.pt", {"rows": rows, "trainer": None, "seconds": seconds})
     with finishing():
         return _finish(folder, config, data, rows, seconds)
+
+
+def _code_reading(g: dict[str, Any] | None, k: int) -> dict[str, Any]:
+    """The row's share of the mean logits' reading (``measure.api.logit_geometry``): numerical rank, distances to
+    the softmax code of that rank and to the ETF, and for rank 2 the largest adjacent-angle error against 360/k."""
+    if g is None:
+        return {"numerical_rank_mean_logits": None, "code_distance": None, "etf_distance_logits": None, "max_angle_error_deg": None}
+    angles = g["adjacent_angles_deg"]
+    return {"numerical_rank_mean_logits": g["numerical_rank"], "code_distance": g["code_distance"], "etf_distance_logits": g["etf_distance"],
+            "max_angle_error_deg": None if angles is None else float(np.abs(np.asarray(angles) - 360.0 / k).max())}
 
 
 def _finish(folder: Path, config: HeadDepthConfig, data, rows, seconds) -> dict[str, Any]:
@@ -116,7 +127,9 @@ def _finish(folder: Path, config: HeadDepthConfig, data, rows, seconds) -> dict[
     lines = [f"effective rank of the mean logit matrix (k-1 = {k - 1} for the ETF), depth L = {config.depths}:"]
     for w in config.widths:
         errs = [r["train_error"] for r in rows if r["width"] == w]
-        lines.append(f"  width {w}: " + ", ".join(f"{v:.2f}" for v in table[w]) + f"  (max train error {max(errs):.3f})")
+        ranks = [r.get("numerical_rank_mean_logits") for r in rows if r["width"] == w]
+        lines.append(f"  width {w}: " + ", ".join(f"{v:.2f}" for v in table[w]) + f"  (max train error {max(errs):.3f}"
+                     + (f"; numerical ranks {ranks}" if all(v is not None for v in ranks) else "") + ")")
     r = table[config.widths[0]]
     trend = "decreases" if r[-1] < r[0] - 0.1 else ("increases" if r[-1] > r[0] + 0.1 else "stays flat")
     lines.append(f"from L = {config.depths[0]} to L = {config.depths[-1]} the effective rank {trend} ({r[0]:.2f} -> {r[-1]:.2f})")

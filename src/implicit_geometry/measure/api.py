@@ -171,6 +171,44 @@ def summarize(collected: dict[str, Any], *, classifier: torch.nn.Linear | None =
     return {"layers": layers, "alignment": pairs, "counts": collected["stats"][names[0]].counts.cpu().numpy().astype(int).tolist(), "num_classes": K}
 
 
+CODE_MAX_CLASSES = 20  # beyond, a softmax code of middle rank takes minutes to solve (many restarts of a K r-dimensional program)
+# solved codes by (K, r), kept for the process: a training run measures every epoch, and the solver is deterministic
+_CODES: dict = {}
+
+
+def logit_geometry(mean_logits: Any, *, tol: float = 0.05, code_max_classes: int = CODE_MAX_CLASSES,
+                   code_cache: dict | None = None) -> dict[str, Any] | None:
+    """The depth face's reading of a network's class-mean logits (``depth.read_geometry``, column c = mean logits of
+    class c, each column centred first: softmax ignores a common shift): ranks, the Gram factor's points, their
+    adjacent angles (meaningful at numerical rank 2), the distance to the softmax code of the same rank and to the
+    ETF. The code is fitted for at most ``code_max_classes`` classes, or when the rank is K-1 (the simplex, a closed
+    form); otherwise its fields are None and ``code_skipped`` says why. None for an all-zero matrix.
+
+    >>> from implicit_geometry.depth.codes import regular_polygon
+    >>> P = regular_polygon(8)
+    >>> g = logit_geometry(P @ P.T + 5.0)  # a shifted regular-octagon code
+    >>> g["numerical_rank"], bool(g["code_distance"] < 1e-9), [round(a, 9) for a in g["adjacent_angles_deg"][:2]]
+    (2, True, [45.0, 45.0])
+    """
+    from implicit_geometry._validation import check_matrix
+    from implicit_geometry.depth.reading import numerical_rank, read_geometry
+
+    Z = check_matrix("mean_logits", mean_logits)
+    Z = Z - Z.mean(0, keepdims=True)
+    if not np.any(Z):
+        return None
+    K = Z.shape[0]
+    r = numerical_rank(Z, tol)
+    fit = K <= code_max_classes or r >= K - 1
+    g = read_geometry(Z, tol=tol, fit_code=fit, code_cache=_CODES if code_cache is None else code_cache)
+    out = g.to_dict()
+    if g.numerical_rank != 2:
+        out["adjacent_angles_deg"] = None  # angles in the top-2 plane describe a rank-2 code only
+    out["code_skipped"] = None if fit else (f"K = {K} > {code_max_classes} at rank {r}: solve the code with "
+                                            "implicit_geometry.depth.read_geometry (minutes)")
+    return out
+
+
 def measure(
     model: torch.nn.Module,
     loader: Iterable,
@@ -190,7 +228,8 @@ def measure(
     ``igeom measure``). ``nc4``: ``"two-pass"`` streams the data a second time against the first pass's
     penultimate means, ``"centers"`` counts NC4 in the single pass against the given ``centers`` (e.g. the
     penultimate means of a previous epoch), ``"none"`` skips NC4. Returns ``{"layers": {name: metrics}, "alignment": {...},
-    "counts": [...], "means": {name: K x D}}``."""
+    "counts": [...], "means": {name: K x D}, "mean_logits": K x K, "W": ..., "logit_geometry": {...}}``
+    (``logit_geometry``: :func:`logit_geometry` of the mean logits)."""
     nc4 = check_choice("nc4", nc4, ["two-pass", "centers", "none"])
     permutations = check_int("permutations", permutations, minimum=0)
     if isinstance(model, torch.jit.ScriptModule) and list(layers) == ["logits"]:
@@ -210,5 +249,6 @@ def measure(
     out["means"] = {name: st.compute()["means"].cpu().numpy() for name, st in c["stats"].items()}
     mean_logits = c["logit_means"].compute()["means"]
     out["mean_logits"] = mean_logits.T.cpu().numpy()
+    out["logit_geometry"] = logit_geometry(out["mean_logits"]) if float(c["logit_means"].counts.min()) > 0 else None
     out["W"] = lin.weight.detach().double().cpu().numpy()
     return out

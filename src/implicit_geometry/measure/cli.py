@@ -23,6 +23,8 @@ import click
 def command(model_path, dataset, split, layers, batch_size, max_rows, permutations, sample_rows, device, out, as_json) -> None:
     """Stream a data set through a saved model once and print NC1-NC4, CDNV, ETF/SELI distances, ranks and
     layer-to-layer alignment (with permutation nulls)."""
+    import numpy as np
+
     from implicit_geometry._validation import InvalidParameterError, check_int
     from implicit_geometry.experiments.base import resolve_device
     from implicit_geometry.io import dumps_json, write_json
@@ -48,7 +50,7 @@ def command(model_path, dataset, split, layers, batch_size, max_rows, permutatio
         raise InvalidParameterError(f"layers must name at least one layer (got {layers!r})")
     result = measure(net, data.loader(batch_size), data.num_classes, names, device=dev, permutations=permutations, sample_rows=sample_rows)
     report = {"model": str(model_path), "data": data.name, "rows": int(data.x.shape[0]), "counts": result["counts"],
-              "layers": result["layers"], "alignment": result["alignment"]}
+              "layers": result["layers"], "alignment": result["alignment"], "logit_geometry": result["logit_geometry"]}
     if out:
         write_json(Path(out), report)
     if as_json:
@@ -58,6 +60,17 @@ def command(model_path, dataset, split, layers, batch_size, max_rows, permutatio
     for name, m in result["layers"].items():
         keys = [k for k in ("accuracy", "nc1", "cdnv", "nc3", "nc4", "seli_dist_means", "seli_dist_W", "seli_dist_logits", "effective_rank_mean_logits") if k in m]
         click.echo(f"  {name}: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys))
+    g = result["logit_geometry"]
+    if g is not None:
+        line = (f"  mean logits: numerical rank {g['numerical_rank']} (of {data.num_classes - 1} for the ETF), effective rank "
+                f"{g['effective_rank']:.3g}, ETF distance {g['etf_distance']:.3g}")
+        if g["code_distance"] is not None:
+            line += (f", distance to the rank-{g['code_rank']} softmax code {g['code_distance']:.3g} "
+                     f"(value ratio {g['code_value_ratio']:.3g}; 1 = an optimal code)")
+        if g["adjacent_angles_deg"] is not None:
+            angles = np.asarray(g["adjacent_angles_deg"])
+            line += f", adjacent angles {angles.min():.1f}-{angles.max():.1f} deg (regular: {360 / data.num_classes:.1f})"
+        click.echo(line)
     for pair, a in result["alignment"].items():
         parts = [f"{k} {a[k]:.3f} (chance {a[k + '_null_mean']:.3f})" for k in ("linear_cka", "debiased_cka", "mutual_knn") if k in a]
         if "linear_cka_all_rows" in a:

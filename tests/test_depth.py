@@ -484,7 +484,7 @@ def test_stall_rule_predicts_the_blow_up_of_the_second_mode():
     # (200 - 50) x max(0.5, 0.1, 10/50) = 75 units, 1.5 x 75 < 200
     s = stall(200)
     assert abs(float(s.predicted_escape[0]) - 210.0) < 1e-9 and float(s.ref_time[0]) == 10.0
-    assert bool(s.stalled[0]) and not bool(s.stiff[0]) and int(s.plateau_steps[0]) == 200
+    assert bool(s.stalled[0]) and not bool(s.stiff[0]) and int(s.plateau_steps[0]) == 50  # the steps it took
     assert not bool(stall(350).stalled[0])  # 1.5 x 300 x 0.5 = 225 > 200: it goes on
     assert not bool(stall(200, dt=0.9).stalled[0])  # the present dt buys 1.5 x 150 x 0.9 = 202.5
     s = stall(200, t=0.5)  # under one unit of flow time since the last check: no rate yet
@@ -492,6 +492,17 @@ def test_stall_rule_predicts_the_blow_up_of_the_second_mode():
     assert not bool(stall(200, log_growth=-0.1).stalled[0])  # sigma_2 dipped: no judgement before 20 units
     assert bool(stall(200, t=25.0, log_growth=-0.1).stalled[0])  # not growing after 25: hopeless
     assert not bool(stall(51, log_growth=5.0).stalled[0])  # 4 units to go: an escape under way is never stopped
+
+    # a run that gave up never re-enters plateau mode, though its budget is not spent and it still sits on a flat,
+    # stiff, unseparated stretch (the same state enters when not stalled)
+    for stalled in (False, True):
+        s = stall(200, dt=0.9) if not stalled else stall(200)
+        s.stiff[0], s.step = False, 0
+        Z = torch.zeros(1, K, K, dtype=torch.float64)
+        s.ref_log_loss = s.loss.log_loss(Z)
+        one = torch.ones(1, dtype=torch.float64)
+        enters = s._plateau_modes(Z, 1e-6 * one, one, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.bool))
+        assert bool(enters[0]) is not stalled and int(s.plateau_steps[0]) == 50
 
 
 def _train_with_code(sim, labels, margin, max_steps=30000, stop=None):

@@ -437,10 +437,12 @@ class PathSimulator(Simulator):
             self.stiff &= ~self.separated | (dt_explicit * self.exit_ratio < self.dt)
             self.separated = margin > 0
         self.stiff &= log_loss > -100.0
-        self.stiff &= self.plateau_steps < self.plateau_budget  # each costs tens of explicit steps: bounded per run
+        # each costs tens of explicit steps: bounded per run; a run that gave up on its saddle never re-enters
+        allowed = (self.plateau_steps < self.plateau_budget) & ~self.stalled
+        self.stiff &= allowed
         if self.step % self.window == 0:
             enter = (~self.stiff & moving & (margin <= 0) & (length < self.stiff_ratio * relative)
-                     & (self.plateau_steps < self.plateau_budget)
+                     & allowed
                      & (self.ref_log_loss - log_loss < self.flat_tol))
             # start from 100 explicit steps' flow time (the move cap adapts it at once)
             self.dt = torch.where(enter, 100.0 * dt_explicit, self.dt)
@@ -519,9 +521,8 @@ class PathSimulator(Simulator):
         steps = int(self.plateau_steps[b])
         affordable = max(self.plateau_budget - steps, 0) * max(float(self.dt[b]), t / steps, FLOW_PER_STEP)
         if remaining > max(STALL_MIN_REMAINING, STALL_FACTOR * affordable):
-            self.stalled[b] = True
+            self.stalled[b] = True  # plateau_steps keeps the steps taken (the results report it)
             self.stiff[b] = False
-            self.plateau_steps[b] = self.plateau_budget  # no re-entry
 
     def state_dict(self):
         state = super().state_dict()

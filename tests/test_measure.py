@@ -705,11 +705,11 @@ def test_logit_geometry_of_a_network_reads_closed_form_codes():
     assert g["numerical_rank"] == 2 and g["code_rank"] == 2 and g["code_distance"] < 1e-9
     assert g["code_value_ratio"] == pytest.approx(1.0, abs=1e-9) and np.allclose(g["adjacent_angles_deg"], 60.0)
     assert g["effective_rank"] == pytest.approx(r["layers"]["logits"]["effective_rank_mean_logits"], abs=1e-12)
-    # the ETF logits: rank K-1, ETF distance 0, the simplex code (a closed form, so fitted whatever K)
-    K = 25
-    g = logit_geometry(3.0 * (np.eye(K) - 1.0 / K), code_max_classes=10)
+    # the ETF logits: rank K-1, ETF distance 0, the simplex code
+    K = 12
+    g = logit_geometry(3.0 * (np.eye(K) - 1.0 / K))
     assert g["numerical_rank"] == K - 1 and g["etf_distance"] < 1e-12 and g["code_distance"] < 1e-9
-    assert g["adjacent_angles_deg"] is None and g["code_skipped"] is None
+    assert g["code_value_ratio"] == pytest.approx(1.0, abs=1e-9) and g["adjacent_angles_deg"] is None and g["code_skipped"] is None
     # rotating the logit space about the all-ones direction (which softmax ignores) changes nothing
     B = np.linalg.svd(np.eye(6) - 1.0 / 6)[0][:, :5]
     Q = np.full((6, 6), 1.0 / 6) + B @ np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))[0] @ B.T
@@ -719,5 +719,7 @@ def test_logit_geometry_of_a_network_reads_closed_form_codes():
     # middle ranks of many classes are not solved on the way (minutes); the reading says so
     A = np.random.default_rng(1).normal(size=(30, 3))
     g = logit_geometry(A @ A.T, code_max_classes=20)
-    assert g["numerical_rank"] == 3 and g["code_distance"] is None and "K = 30 > 20" in g["code_skipped"]
+    assert g["numerical_rank"] == 3 and g["code_distance"] is None and "K = 30 > 20 classes" in g["code_skipped"]
+    g = logit_geometry(np.eye(30) - 1.0 / 30)  # many classes at rank K-1: skipped too, the ETF distance reads it
+    assert g["code_distance"] is None and g["code_skipped"] and g["etf_distance"] < 1e-12
     assert logit_geometry(np.ones((4, 4))) is None  # constant columns: no geometry

@@ -181,8 +181,10 @@ def logit_geometry(mean_logits: Any, *, tol: float = 0.05, code_max_classes: int
     """The depth face's reading of a network's class-mean logits (``depth.read_geometry``, column c = mean logits of
     class c, each column centred first: softmax ignores a common shift): ranks, the Gram factor's points, their
     adjacent angles (meaningful at numerical rank 2), the distance to the softmax code of the same rank and to the
-    ETF. The code is fitted for at most ``code_max_classes`` classes, or when the rank is K-1 (the simplex, a closed
-    form); otherwise its fields are None and ``code_skipped`` says why. None for an all-zero matrix.
+    ETF. The code is fitted for at most ``code_max_classes`` classes (beyond, even the simplex's one-vs-rest
+    distances take seconds at K = 100 and grow fast, too slow for a reading taken every epoch); otherwise its fields
+    are None and ``code_skipped`` says why (the ETF distance still reads a rank K-1 geometry). None for a matrix
+    whose centred columns are all zero.
 
     >>> from implicit_geometry.depth.codes import regular_polygon
     >>> P = regular_polygon(8)
@@ -199,13 +201,13 @@ def logit_geometry(mean_logits: Any, *, tol: float = 0.05, code_max_classes: int
         return None
     K = Z.shape[0]
     r = numerical_rank(Z, tol)
-    fit = K <= code_max_classes or r >= K - 1
+    fit = K <= code_max_classes
     g = read_geometry(Z, tol=tol, fit_code=fit, code_cache=_CODES if code_cache is None else code_cache)
     out = g.to_dict()
     if g.numerical_rank != 2:
         out["adjacent_angles_deg"] = None  # angles in the top-2 plane describe a rank-2 code only
-    out["code_skipped"] = None if fit else (f"K = {K} > {code_max_classes} at rank {r}: solve the code with "
-                                            "implicit_geometry.depth.read_geometry (minutes)")
+    out["code_skipped"] = None if fit else (f"K = {K} > {code_max_classes} classes (rank {r}): solve the code with "
+                                            "implicit_geometry.depth.read_geometry (seconds to minutes)")
     return out
 
 

@@ -96,21 +96,37 @@ def code_value(W) -> float:
     return float(one_vs_rest_distances(W).min() / np.linalg.norm(W, axis=1).max())
 
 
-def known_optimum(K: int, r: int) -> float | None:
-    """The optimal value where it is known: simplex (K <= r+1), regular K-gon (r = 2), cross-polytope (K = 2r).
+def known_optimum_name(K: int, r: int) -> str | None:
+    """Which known optimal code K points in r dimensions have, in the order checked: the simplex (K <= r+1), the
+    regular K-gon (r = 2), the cross-polytope (K = 2r); None where no closed form is known.
 
-    >>> known_optimum(3, 2), round(known_optimum(6, 2), 12), known_optimum(6, 3)
-    (1.5, 0.5, 1.0)
+    >>> known_optimum_name(3, 2), known_optimum_name(6, 2), known_optimum_name(6, 3), known_optimum_name(7, 3)
+    ('simplex', 'regular 6-gon', 'cross-polytope', None)
     """
     K = check_int("K", K, minimum=2)
     r = check_int("r", r, minimum=1)
     if K <= r + 1:
-        return K / (K - 1)
+        return "simplex"
     if r == 2:
-        return 1.0 - math.cos(2 * math.pi / K)
+        return f"regular {K}-gon"
     if K == 2 * r:
-        return 1.0
+        return "cross-polytope"
     return None
+
+
+def known_optimum(K: int, r: int) -> float | None:
+    """The optimal value where it is known (:func:`known_optimum_name`): simplex ``K/(K-1)``, regular K-gon
+    ``1 - cos(2 pi/K)``, cross-polytope 1.
+
+    >>> known_optimum(3, 2), round(known_optimum(6, 2), 12), known_optimum(6, 3)
+    (1.5, 0.5, 1.0)
+    """
+    name = known_optimum_name(K, r)
+    if name == "simplex":
+        return K / (K - 1)
+    if name == "cross-polytope":
+        return 1.0
+    return None if name is None else 1.0 - math.cos(2 * math.pi / K)
 
 
 def regular_polygon(K: int) -> np.ndarray:

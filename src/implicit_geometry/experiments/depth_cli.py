@@ -50,17 +50,6 @@ def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, 
     emit_summary(run_depth(config, out, progress=not quiet), as_json)
 
 
-def _known_name(K: int, r: int) -> str | None:
-    """Which closed form ``known_optimum`` uses, in the order it checks them."""
-    if K <= r + 1:
-        return "simplex"
-    if r == 2:
-        return f"regular {K}-gon"
-    if K == 2 * r:
-        return "cross-polytope"
-    return None
-
-
 @click.command("codes")
 @click.option("--classes", type=int, required=True, help="Number of points (classes) K.")
 @click.option("--rank", type=int, required=True, help="Dimension r of the code (the rank of its logits).")
@@ -74,7 +63,7 @@ def predict_codes(classes, rank, restarts, seed, as_json, quiet) -> None:
     import numpy as np
 
     from implicit_geometry._validation import check_int
-    from implicit_geometry.depth.codes import softmax_code
+    from implicit_geometry.depth.codes import known_optimum_name, softmax_code
     from implicit_geometry.depth.reading import adjacent_angles
     from implicit_geometry.io import dumps_json
 
@@ -84,7 +73,7 @@ def predict_codes(classes, rank, restarts, seed, as_json, quiet) -> None:
     check_int("seed", seed, minimum=0)
     code = softmax_code(K, r, restarts=restarts, seed=seed, progress=not quiet and not as_json)
     angles = adjacent_angles(code.points.T) if r == 2 else None
-    out = {"classes": K, "rank": r, "distance": code.distance, "known_optimum": code.known, "known_name": _known_name(K, r),
+    out = {"classes": K, "rank": r, "distance": code.distance, "known_optimum": code.known, "known_name": known_optimum_name(K, r),
            "restart_distances": list(code.restarts), "points": code.points,
            "adjacent_angles_deg": angles}
     if as_json:
@@ -93,7 +82,7 @@ def predict_codes(classes, rank, restarts, seed, as_json, quiet) -> None:
     click.echo(f"softmax code of K = {K} points in r = {r} dimensions (largest point norm 1)")
     line = f"one-vs-rest distance rho = {code.distance:.12f}"
     if code.known is not None:
-        line += f"; known optimum ({_known_name(K, r)}) {code.known:.12f}, gap {code.known - code.distance:.1e}"
+        line += f"; known optimum ({out['known_name']}) {code.known:.12f}, gap {code.known - code.distance:.1e}"
     else:
         values = sorted(code.restarts)
         line += f"; no closed form known: best of {len(values)} starts (worst {values[0]:.12f})"

@@ -193,20 +193,19 @@ def logit_geometry(mean_logits: Any, *, tol: float = 0.05, code_max_classes: int
     (2, True, [45.0, 45.0])
     """
     from implicit_geometry._validation import check_matrix
-    from implicit_geometry.depth.reading import numerical_rank, read_geometry
+    from implicit_geometry.depth.reading import read_geometry
 
     Z = check_matrix("mean_logits", mean_logits)
     Z = Z - Z.mean(0, keepdims=True)
     if not np.any(Z):
         return None
     K = Z.shape[0]
-    r = numerical_rank(Z, tol)
     fit = K <= code_max_classes
     g = read_geometry(Z, tol=tol, fit_code=fit, code_cache=_CODES if code_cache is None else code_cache)
     out = g.to_dict()
     if g.numerical_rank != 2:
         out["adjacent_angles_deg"] = None  # angles in the top-2 plane describe a rank-2 code only
-    out["code_skipped"] = None if fit else (f"K = {K} > {code_max_classes} classes (rank {r}): solve the code with "
+    out["code_skipped"] = None if fit else (f"K = {K} > {code_max_classes} classes (rank {g.numerical_rank}): solve the code with "
                                             "implicit_geometry.depth.read_geometry (seconds to minutes)")
     return out
 

@@ -464,6 +464,35 @@ def test_plateau_steps_escape_rank1_saddle_and_resume_exactly():
     assert torch.equal(new.dt, resumed.dt) and torch.equal(new.plateau_steps, resumed.plateau_steps)
 
 
+def test_path_and_plateau_steps_conserve_gradient_flows_imbalance():
+    """Gradient flow conserves each ``D_l = F_{l+1}^T F_{l+1} - F_l F_l^T`` (the balancedness of a deep linear
+    network), an independent check that the explicit and implicit steps follow it: through the rank-1 saddle to
+    margin 2 (every factor's Gram matrix grows 7x or more), ``D_l`` drifts by a few % of its size, and the drift halves
+    with eta (first order, as the step rule is)."""
+    labels = np.repeat(np.arange(4), 2)
+
+    def drift(eta):
+        m = DeepUFM.random(num_classes=4, num_samples=8, dim=8, depth=6, batch=2, init_std=0.15, seeds=[0, 1])
+        def imbalance(F):
+            return [F[l + 1].transpose(1, 2) @ F[l + 1] - F[l] @ F[l].transpose(1, 2) for l in range(len(F) - 1)]
+
+        D0, gram0 = imbalance(m.factors), [F @ F.transpose(1, 2) for F in m.factors]
+        sim = PathSimulator(m, CrossEntropy(labels, 4), eta=eta)
+        with torch.no_grad():
+            while float(_margins(m.logits(), labels).min()) < 2.0 and sim.step < 3000:
+                sim.update()
+        assert bool((sim.plateau_steps > 0).all())  # both runs went through the saddle on implicit steps
+        growth = min(float(torch.linalg.matrix_norm(F @ F.transpose(1, 2)).min() / torch.linalg.matrix_norm(g).max())
+                     for F, g in zip(m.factors, gram0))
+        assert growth > 5.0
+        return max(float((torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b)).max())
+                   for a, b in zip(imbalance(m.factors), D0))
+
+    coarse, fine = drift(0.02), drift(0.01)
+    assert fine < 0.06
+    assert 1.6 < coarse / fine < 2.5
+
+
 def test_stall_rule_predicts_the_blow_up_of_the_second_mode():
     """A plateau run gives up when the blow-up of ``d sigma_2/dt = c sigma_2^p`` (p = 2L/(L+1)), extrapolated from
     sigma_2's growth rate since the last check, lies beyond 1.5x the flow time its remaining budget buys (implicit

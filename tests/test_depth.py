@@ -158,6 +158,23 @@ def test_factorization_cost_and_margin_by_explicit_factors():
     assert factorization_cost(Z, 1) <= sum((f**2).sum() for f in [np.eye(5) @ Z, np.eye(5)]) + 1e-12
 
 
+def test_imbalance_of_balanced_and_gauge_transformed_factors():
+    """The cheapest factorization is balanced (every D_l = 0); a rotation between two factors keeps the product and
+    rotates D_l (same spectrum), a non-orthogonal change of basis keeps the product and unbalances it."""
+    Z = code_logits(softmax_code(5, 2, restarts=2).points)
+    F = [torch.as_tensor(f)[None] for f in balanced_factors(Z, 3)]
+    m = DeepUFM(F)
+    assert max(float(D.abs().max()) for D in m.imbalance()) < 1e-12 * float(F[1].abs().max()) ** 2
+    d = F[1].shape[1]
+    Q = torch.linalg.qr(torch.as_tensor(RNG.standard_normal((d, d))))[0][None]
+    A = torch.eye(d, dtype=torch.float64)[None] + 0.3 * torch.as_tensor(RNG.standard_normal((d, d)))[None]
+    for G, Ginv, balanced in ((Q, Q.transpose(1, 2), True), (A, torch.linalg.inv(A), False)):
+        g = DeepUFM([F[0], G @ F[1], F[2] @ Ginv, F[3]])  # the gauge between factors 1 and 2
+        assert torch.allclose(g.logits(), m.logits(), atol=1e-12)
+        moved = float(torch.linalg.matrix_norm(g.imbalance()[1]).max())
+        assert (moved < 1e-10) == balanced
+
+
 def test_rank2_closed_form_and_depth1_nuclear_norm():
     K = 8
     for L in (1, 3, 6):
@@ -473,10 +490,7 @@ def test_path_and_plateau_steps_conserve_gradient_flows_imbalance():
 
     def drift(eta):
         m = DeepUFM.random(num_classes=4, num_samples=8, dim=8, depth=6, batch=2, init_std=0.15, seeds=[0, 1])
-        def imbalance(F):
-            return [F[l + 1].transpose(1, 2) @ F[l + 1] - F[l] @ F[l].transpose(1, 2) for l in range(len(F) - 1)]
-
-        D0, gram0 = imbalance(m.factors), [F @ F.transpose(1, 2) for F in m.factors]
+        D0, gram0 = m.imbalance(), [F @ F.transpose(1, 2) for F in m.factors]
         sim = PathSimulator(m, CrossEntropy(labels, 4), eta=eta)
         with torch.no_grad():
             while float(_margins(m.logits(), labels).min()) < 2.0 and sim.step < 3000:
@@ -486,7 +500,7 @@ def test_path_and_plateau_steps_conserve_gradient_flows_imbalance():
                      for F, g in zip(m.factors, gram0))
         assert growth > 5.0
         return max(float((torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b)).max())
-                   for a, b in zip(imbalance(m.factors), D0))
+                   for a, b in zip(m.imbalance(), D0))
 
     coarse, fine = drift(0.02), drift(0.01)
     assert fine < 0.06
@@ -629,6 +643,7 @@ def test_depth_experiment_run_and_resume(tmp_path):
     for r in s["runs"]:
         assert r["terminal"] and r["min_margin"] >= 5.0 and 0 <= r["init_dz_etf_distance"] <= 2
         assert r["code_converged"] and r["code_steps"] > 0
+        assert 0 < r["imbalance_drift"] < 0.2  # the steps kept what gradient flow conserves to within a few %
     # depth 3, K = 4: at the terminal margin a lopsided rank-2 code; at directional convergence the square (the
     # rank-2 softmax code of 4 points), which the verdict reports beside the terminal reading
     for r in (r for r in s["runs"] if r["depth"] == 3):
@@ -659,8 +674,8 @@ def test_depth_experiment_run_and_resume(tmp_path):
         run.cell.sim.update()
     run.save_checkpoint()
     s2 = run_depth(resume=tmp_path / "b", progress=False)
-    a = [(r["effective_rank"], r["steps"], r["min_margin"]) for r in s["runs"]]
-    b = [(r["effective_rank"], r["steps"], r["min_margin"]) for r in s2["runs"]]
+    a = [(r["effective_rank"], r["steps"], r["min_margin"], r["imbalance_drift"]) for r in s["runs"]]
+    b = [(r["effective_rank"], r["steps"], r["min_margin"], r["imbalance_drift"]) for r in s2["runs"]]
     assert a and a == b
 
 

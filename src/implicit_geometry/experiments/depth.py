@@ -136,6 +136,10 @@ class _Cell:
         self.diverged_step = np.full(B, -1)  # step at which a run's logits stopped being finite (a too-large --lr)
         self.stop_step = np.full(B, -1)  # step at which a run that never became terminal stopped (max_steps, or stalled)
         self.terminal_means = np.full((B, run.K, run.K), np.nan)  # class-mean logits when the run became terminal
+        # gradient flow conserves the factors' imbalance D_l: its drift by the terminal point tells how closely a
+        # run's steps followed the flow (recomputed from the seeds on resume, like the initialization itself)
+        self.init_imbalance = model.imbalance()
+        self.terminal_drift = np.full(B, np.nan)
         self.history: list[dict[str, Any]] = []
         chain = model.chain()
         G, _ = loss.scaled_gradient(chain.logits)
@@ -145,7 +149,7 @@ class _Cell:
     def state(self) -> dict[str, Any]:
         return {"sim": self.sim.state_dict(), "grown_etf": self.grown_etf, "grown_step": self.grown_step,
                 "done_step": self.done_step, "diverged_step": self.diverged_step, "stop_step": self.stop_step,
-                "terminal_means": self.terminal_means,
+                "terminal_means": self.terminal_means, "terminal_drift": self.terminal_drift,
                 "history": self.history}
 
     def load(self, s: dict[str, Any]) -> None:
@@ -155,6 +159,13 @@ class _Cell:
         self.diverged_step = s.get("diverged_step", np.full(len(self.done_step), -1))
         self.terminal_means = s.get("terminal_means", self.terminal_means)
         self.stop_step = s.get("stop_step", self.stop_step)
+        self.terminal_drift = s.get("terminal_drift", self.terminal_drift)
+
+    def imbalance_drift(self) -> np.ndarray:
+        """Per run, ``max_l ||D_l - D_l(0)||_F / ||D_l(0)||_F``: how far the steps moved what gradient flow conserves."""
+        now = self.sim.model.imbalance()
+        return torch.stack([torch.linalg.matrix_norm(D - D0) / torch.linalg.matrix_norm(D0)
+                            for D, D0 in zip(now, self.init_imbalance)]).amax(dim=0).cpu().numpy()
 
     def diverged(self, Z: torch.Tensor, log_loss: torch.Tensor, norm: torch.Tensor | None = None) -> np.ndarray:
         """Which runs have diverged (non-finite logits, norm or loss: the step was too large for them). They are frozen and
@@ -182,6 +193,7 @@ class _Cell:
             if self.done_step[b] < 0 and margin[b] >= run.config.target_margin and self.grown_step[b] >= 0:
                 self.done_step[b] = sim.step
                 self.terminal_means[b] = run.class_means(Z[b])
+                self.terminal_drift[b] = self.imbalance_drift()[b]
         terminal = torch.as_tensor(self.done_step >= 0, device=Z.device)
         if run.config.code:
             sim.start_code(terminal)
@@ -237,6 +249,7 @@ class _Cell:
         nat_loss = self.sim.loss.log_loss(Z)
         bad = self.diverged(Z, nat_loss)
         log_loss = (nat_loss / math.log(10)).cpu().numpy()
+        drift_now = self.imbalance_drift()
         out = []
         for b, seed in enumerate(run.seed_list):
             if bad[b]:
@@ -267,6 +280,8 @@ class _Cell:
                 "plateau_steps": int(self.sim.plateau_steps[b]),
                 "plateau_newton_iterations": int(self.sim.newton_iterations[b]),
                 "plateau_flow_time": float(self.sim.plateau_time[b]),
+                # relative drift of the conserved imbalance D_l at the terminal point (at the stop, if never terminal)
+                "imbalance_drift": float(self.terminal_drift[b] if terminal else drift_now[b]),
                 # stopped on the rank-1 saddle: its escape was predicted far beyond the plateau budget (flow time from
                 # the saddle; None where not predicted, or not finite: sigma_2 was not growing)
                 "stalled": bool(self.sim.stalled[b]),
@@ -382,6 +397,8 @@ class DepthRun:
                 "grown_etf_distance_mean": float(np.mean([r["grown_etf_distance"] for r in rows if r["grown_etf_distance"] is not None]))
                 if any(r["grown_etf_distance"] is not None for r in rows) else None,
                 "steps_max": int(max(r["steps"] for r in rows)),
+                # the largest drift of gradient flow's conserved imbalance among the terminal runs (at the terminal point)
+                "imbalance_drift_max": max((r["imbalance_drift"] for r in term), default=None),
                 # why the others are not terminal: still separating (margin < 0) at numerical rank 1 = the rank-1 saddle
                 "saddle_runs": sum(1 for r in rows if not r["terminal"] and not r.get("diverged")
                                    and r["numerical_rank"] == 1 and r["min_margin"] < 0),

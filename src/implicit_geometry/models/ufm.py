@@ -117,6 +117,18 @@ class DeepUFM:
         """Per-run ``sum_l ||factor_l||_F^2`` (B,)."""
         return sum(torch.linalg.vector_norm(F, dim=(1, 2)) ** 2 for F in self.factors)
 
+    def imbalance(self) -> list[torch.Tensor]:
+        """``D_l = F_{l+1}^T F_{l+1} - F_l F_l^T`` for l = 0..L-1 (each B x d x d). Gradient flow on any loss of the
+        logits conserves every ``D_l`` (its velocity is orthogonal to their gradients), so their drift measures how
+        closely a discrete run followed it; balanced factors (all ``D_l = 0``) stay balanced.
+
+        >>> m = DeepUFM([torch.eye(2)[None] * 2.0, torch.eye(2)[None] * 2.0])
+        >>> [float(D.abs().max()) for D in m.imbalance()]
+        [0.0]
+        """
+        F = self.factors
+        return [F[l + 1].transpose(1, 2) @ F[l + 1] - F[l] @ F[l].transpose(1, 2) for l in range(len(F) - 1)]
+
     def clone(self) -> DeepUFM:
         return DeepUFM([F.clone() for F in self.factors])
 

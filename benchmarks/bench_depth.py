@@ -87,6 +87,11 @@ def _sweep(quick: bool, max_steps: int, depths: list[int], jobs: int) -> tuple[l
     return rows, runs, wall, cpu
 
 
+def _rank_ok(L: int, er: float, K: int) -> bool:
+    """The rank bar at depth L: close to K-1 at L = 1, at most K/2 from L = 3 (none at L = 2)."""
+    return er > K - 1.5 if L == 1 else er <= K / 2 if L >= 3 else True
+
+
 def bar_depth(rows: list[dict], runs: list[dict], wall: float, cpu: float, base: float, K: int = 10) -> bool:
     ok = True
     print(f"  rank bar per depth: every run terminal with a converged code, and effective rank > {K - 1.5} at L = 1, "
@@ -97,10 +102,7 @@ def bar_depth(rows: list[dict], runs: list[dict], wall: float, cpu: float, base:
         er_text = "-" if er is None else f"{er:.2f} +- {row['effective_rank_std']:.2f}"
         ter = row.get("terminal_effective_rank_mean")
         good = row["terminal_runs"] == row["runs"] and not row.get("code_unconverged_runs") and er is not None
-        if good and L == 1:
-            good = er > K - 1.5
-        elif good and L >= 3:
-            good = er <= K / 2
+        good = good and _rank_ok(L, er, K)
         ok &= good
         print(f"  [{'PASS' if good else 'FAIL'}] L={L:2d}: effective rank {er_text} [{'-' if ter is None else f'{ter:.2f}'}] "
               f"(numerical ranks {row['numerical_ranks']}; terminal {row['terminal_runs']}/{row['runs']}"
@@ -173,12 +175,8 @@ def follow_stalled(rows: list[dict], runs: list[dict], jobs: int, budget: int, m
         L = row["depth"]
         mine = [r for r in merged if r["depth"] == L and not r.get("diverged")]
         read = [r for r in mine if r["terminal"] and r.get("code_converged") is not False]
-        good = len(read) == len(mine) == row["runs"]
         er = float(np.mean([r["effective_rank"] for r in read])) if read else float("nan")
-        if good and L == 1:
-            good = er > K - 1.5
-        elif good and L >= 3:
-            good = er <= K / 2
+        good = len(read) == len(mine) == row["runs"] and _rank_ok(L, er, K)
         ok &= good
         if any(r["depth"] == L for r in followed.values()) or not good:
             print(f"  [{'PASS' if good else 'FAIL'}] L={L:2d} with the followed runs: effective rank {er:.2f} "
@@ -199,6 +197,14 @@ def main() -> int:
     ap.add_argument("--follow-max-steps", type=int, default=80000, help="--max-steps of the followed runs")
     ap.add_argument("--skip", default="", help="comma-separated: codes,depth (the sweep, which the angle bar reads too)")
     a = ap.parse_args()
+    if a.follow_stalled:  # the followed runs' settings, checked before the sweep rather than in a worker after it
+        from implicit_geometry._validation import InvalidParameterError
+        from implicit_geometry.experiments.depth import DepthConfig
+
+        try:
+            DepthConfig(plateau_budget=a.follow_budget, max_steps=a.follow_max_steps).validate()
+        except InvalidParameterError as e:
+            ap.error(str(e))
     torch.set_num_threads(1)  # a shared, loaded machine: extra threads only spin
     skip = set(a.skip.split(","))
     base = baseline_seconds()

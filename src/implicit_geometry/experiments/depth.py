@@ -193,7 +193,9 @@ class _Cell:
             if self.done_step[b] < 0 and margin[b] >= run.config.target_margin and self.grown_step[b] >= 0:
                 self.done_step[b] = sim.step
                 self.terminal_means[b] = run.class_means(Z[b])
-                self.terminal_drift[b] = self.imbalance_drift()[b]
+        newly = (self.done_step == sim.step) & np.isnan(self.terminal_drift)
+        if newly.any():  # one reading for every run that became terminal at this check
+            self.terminal_drift[newly] = self.imbalance_drift()[newly]
         terminal = torch.as_tensor(self.done_step >= 0, device=Z.device)
         if run.config.code:
             sim.start_code(terminal)

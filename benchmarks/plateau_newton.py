@@ -13,7 +13,8 @@ the rank-1 saddle by the explicit path rule, then integrated by backward-Euler s
    (``F_l -> A F_l``, ``F_{l+1} -> F_{l+1} A^{-1}``, which leave the logits unchanged), and the lowest eigenvalue on
    that space's orthogonal complement. Gradient flow never moves along these orbits (the gradient is orthogonal to
    them), but the Hessian is not zero there: its quadratic form along an orbit is minus the gradient times the
-   orbit's curvature, so it grows with the gradient.
+   orbit's curvature, so it grows with the gradient. Last, the share of each traced Newton move (squared, as for
+   the eigenvectors) that lies in the gauge space at the iterate it started from.
 
 With ``--precision FLOWS`` it instead follows the run with the depth experiment's own simulator (plateau mode, no
 stall rule) and, at each listed flow time on the plateau, checks float64 against 50-digit decimal arithmetic
@@ -21,7 +22,7 @@ stall rule) and, at each listed flow time on the plateau, checks float64 against
 value (``sqrt(e_2) / sigma_1``, with ``e_2`` the sum of the squared 2 x 2 minors: exact, no SVD), and the loss
 gradient's relative error, overall and in the classifier ``W_L``.
 
-    OMP_NUM_THREADS=2 python benchmarks/plateau_newton.py --dim 20 --depth 10 --seed 0 --dense      # ~3 min
+    OMP_NUM_THREADS=2 python benchmarks/plateau_newton.py --dim 20 --depth 10 --seed 0 --dense      # ~6 min
     OMP_NUM_THREADS=1 python benchmarks/plateau_newton.py --dim 100 --depth 10 --seed 2 --precision 10,50,100,150,200
 """
 
@@ -212,6 +213,12 @@ def main() -> int:
         dense_report("at the state", base, m.factors, loss)
         if trace:
             dense_report("at Newton's first iterate", trace[0]["theta"], m.factors, loss)
+        start = base
+        for i, e in enumerate(trace):  # does Newton move along the gauge orbits? (a random direction: see above)
+            move = (e["theta"] - start)[0]
+            share = float((gauge_basis(unflatten(start, m.factors)).T @ move).pow(2).sum() / move.pow(2).sum())
+            print(f"  iteration {i}: {share:.1%} of its squared move lies in the gauge space at its start", flush=True)
+            start = e["theta"]
     return 0
 
 

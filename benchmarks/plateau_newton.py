@@ -82,7 +82,7 @@ def gauge_basis(factors: list[torch.Tensor]) -> torch.Tensor:
     return U[:, : int((s > 1e-10 * s[0]).sum())]
 
 
-def dense_report(name: str, theta: torch.Tensor, like, loss) -> None:
+def dense_report(name: str, theta: torch.Tensor, like, loss, Q: torch.Tensor) -> None:
     t0 = time.perf_counter()
     theta = theta[0].detach()
 
@@ -93,7 +93,6 @@ def dense_report(name: str, theta: torch.Tensor, like, loss) -> None:
     flat = theta.clone().requires_grad_()
     grad = torch.autograd.grad(total_loss(flat), flat)[0]
     lam, vec = torch.linalg.eigh(hess)
-    Q = gauge_basis(unflatten(theta[None], like))
     inside = (Q.T @ vec[:, :6]).pow(2).sum(0)
     comp_vals, comp_vecs = torch.linalg.eigh(Q @ Q.T)
     C = comp_vecs[:, comp_vals < 0.5]
@@ -210,15 +209,16 @@ def main() -> int:
               f"curvature met {curv}; step length {e['alpha']:.3g}; moved {float((e['theta'] - base).norm()):.4f}; "
               f"sigma_1 {float(torch.linalg.svdvals(Z)[0]):.4e}", flush=True)
     if a.dense:
-        dense_report("at the state", base, m.factors, loss)
+        starts = [base] + [e["theta"] for e in trace]  # the state, then every Newton iterate
+        # the gauge space where each move starts, and at the first iterate: one SVD each
+        bases = [gauge_basis(unflatten(x, m.factors)) for x in starts[:max(len(trace), 2)]]
+        dense_report("at the state", base, m.factors, loss, bases[0])
         if trace:
-            dense_report("at Newton's first iterate", trace[0]["theta"], m.factors, loss)
-        start = base
-        for i, e in enumerate(trace):  # does Newton move along the gauge orbits? (a random direction: see above)
-            move = (e["theta"] - start)[0]
-            share = float((gauge_basis(unflatten(start, m.factors)).T @ move).pow(2).sum() / move.pow(2).sum())
+            dense_report("at Newton's first iterate", starts[1], m.factors, loss, bases[1])
+        for i, Q in enumerate(bases[:len(trace)]):  # does Newton move along the gauge orbits? (a random direction: above)
+            move = (starts[i + 1] - starts[i])[0]
+            share = float((Q.T @ move).pow(2).sum() / move.pow(2).sum())
             print(f"  iteration {i}: {share:.1%} of its squared move lies in the gauge space at its start", flush=True)
-            start = e["theta"]
     return 0
 
 

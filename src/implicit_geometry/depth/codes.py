@@ -122,11 +122,13 @@ def known_optimum(K: int, r: int) -> float | None:
     (1.5, 0.5, 1.0)
     """
     name = known_optimum_name(K, r)
+    if name is None:
+        return None
     if name == "simplex":
         return K / (K - 1)
     if name == "cross-polytope":
         return 1.0
-    return None if name is None else 1.0 - math.cos(2 * math.pi / K)
+    return 1.0 - math.cos(2 * math.pi / K)  # the regular K-gon
 
 
 def regular_polygon(K: int) -> np.ndarray:

@@ -12,8 +12,9 @@
 ``--follow-stalled`` then follows every run the sweep's stall rule stopped on the rank-1 saddle: each alone, in its
 own single-threaded worker, with ``--plateau-budget 16000 --max-steps 80000`` (as ``igeom run depth --depths L
 --seeds 1 --first-seed s`` would), and judges the rank and angle bars again over all runs. Its time is reported
-apart: it is the compute those runs need, not part of the 5-minute bar (at the paper's setting about an hour of
-wall time on 2 cores, most of it L = 10 seed 0; docs/depth.md, "Every L = 10 run, followed to the end").
+apart: it is the compute those runs need, not part of the 5-minute bar (at the paper's setting, measured with BDF2
+plateau steps in session 19, about an hour of wall time on 2 cores, most of it L = 10 seed 0; docs/depth.md, "Every
+L = 10 run, followed to the end").
 
 Baseline: 500 plain-GD updates of the depth-1 UFM at the paper's size (5 seeds batched), i.e. what a textbook
 loop costs on this machine right now.

@@ -39,17 +39,28 @@ only at eta / 2), with ~5% fewer implicit steps (``benchmarks/plateau_fidelity.p
 plateau mode once every sample has been classified
 for a whole window and explicit steps cover at least ``1/exit_ratio`` of the implicit step's flow time.
 
+**Slow-manifold steps** (:func:`slow_manifold_step`, session 21) are tried before BDF2. On the rank-1 saddle the
+Gauss-Newton curvature has a wide gap (L = 10, paper setting: ~48 directions from ~2 up to 1e9-1e11, the rest below
+0.07) and the exact Hessian off those stiff directions lies in about [-0.01, 0.07]. Gradient flow keeps the stiff
+directions at equilibrium, so the step holds them there (a Broyden solve in their ~48 coordinates) and takes an
+explicit Heun step along the rest. It follows the same path (the L = 10 escapes land within ~1% of BDF2's flow
+times) at flow time ~1 per step where BDF2's Newton iteration fails beyond ~0.1-0.5, 5-30x cheaper per unit of
+flow time. Where it does not apply (nothing stiff, no stable stiff equilibrium, or its projection keeps failing,
+as when an escape gets under way or, late on the L = 10 saddle of seed 0, the stiffness reaches 1e14) the run
+takes BDF2 steps. ``slow_steps=False`` keeps BDF2 throughout.
+
 Why Newton and not Gauss-Newton: on the saddle the misclassified samples keep O(1) gradients on large factors, so
 the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the linearly implicit Euler step of
 sessions 2-8 (one Gauss-Newton solve) was accepted only up to dt ~ 0.01-0.03 and diverged beyond, and Gauss-Newton
 iterations on the proximal problem accept 1/16-1/64 of their steps; Newton converges in 4-8 iterations.
 
-Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 125-230
+Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-200
 implicit steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
-1e8, beyond the default budget of 300 steps for most seeds (docs/depth.md, ``benchmarks/saddle_escape.py``). So a
-plateau run predicts its escape from the growth of the second singular value of its class-mean logits (a blow-up
-``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops early, flagged as ``stalled`` with the prediction, when
-the escape lies far beyond what its remaining budget buys (:meth:`PathSimulator._check_stall`).
+1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-335 steps for seeds 1-4 with slow-manifold steps, while
+seed 0's steps collapse at flow time ~150 of its ~320. So a plateau run predicts its escape from the growth of the
+second singular value of its class-mean logits (a blow-up ``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops
+early, flagged as ``stalled`` with the prediction, when the escape lies far beyond what its remaining budget buys
+(:meth:`PathSimulator._check_stall`).
 
 Heavy-ball and Nesterov steps in place of the implicit ones were tried and rejected: with a restart on loss
 increase they follow gradient flow but are ~10x slower than the implicit steps at L = 6 and do not escape at
@@ -79,6 +90,7 @@ from __future__ import annotations
 
 import math
 
+import scipy.linalg
 import torch
 
 from implicit_geometry.depth.curvature import (
@@ -86,6 +98,7 @@ from implicit_geometry.depth.curvature import (
     Params,
     flatten,
     hessian_vector_product,
+    scaled_logit_kernel,
     tangent_logits,
     unflatten,
 )
@@ -93,7 +106,7 @@ from implicit_geometry.models.ufm import DeepUFM
 from implicit_geometry.train.simulator import Simulator
 
 __all__ = ["CODE_ASCENT", "CODE_DONE", "CODE_OFF", "CODE_SETTLE", "PathSimulator", "backward_euler_step", "bdf2_center",
-           "logit_spread"]
+           "logit_spread", "slow_manifold_step"]
 
 # code phase of a run (PathSimulator.code_phase)
 CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
@@ -101,11 +114,18 @@ CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
 _RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated",
               "plateau_time", "ref_log_sigma2", "ref_time", "predicted_escape", "stalled",
               "code_phase", "code_steps", "settled", "best_log_gamma", "window_log_gamma", "code_converged",
-              "prev_theta", "prev_dt")
+              "prev_theta", "prev_dt", "slow_skip", "slow_failures")
 # a plateau run is checked for a hopeless escape from STALL_AFTER implicit steps on (every 25); see _check_stall
 # (FLOW_PER_STEP: flow time an implicit step covers over a whole plateau, measured 0.44-0.62 at L = 9-10; dt is
 # far smaller in a plateau's first tens of steps, so the present dt alone would judge too early)
 STALL_AFTER, STALL_FACTOR, FLOW_PER_STEP, STALL_MIN_REMAINING = 50, 1.5, 0.5, 10.0
+# from STALL_LATE implicit steps on, what the budget buys is judged by the flow time of the last 25 steps alone (no
+# STALL_FACTOR): a run whose steps have collapsed (slow-manifold steps no longer apply, BDF2 crawls) stops instead of
+# spending its budget
+STALL_LATE = 200
+# a failed slow-manifold step is retried at half the flow time; after SLOW_FAILURES failures in a row the run takes
+# SLOW_RETRY backward-Euler/BDF2 steps before it tries again (the stiff gap closes as an escape gets under way)
+SLOW_FAILURES, SLOW_RETRY = 3, 10
 
 
 def logit_spread(Z: torch.Tensor) -> torch.Tensor:
@@ -207,6 +227,120 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
     return None, max_newton
 
 
+class _StiffFrame:
+    """The stiff directions of one run's loss at its current factors, and the exact Hessian in them.
+
+    They are the logit directions whose Gauss-Newton curvature exceeds ``cut``: the eigenvectors e_j (eigenvalue
+    lambda_j) of ``M = C^T J J^T C`` (:func:`~implicit_geometry.depth.curvature.scaled_logit_kernel`), lifted to the
+    parameters as ``v_j = J^T C e_j / sqrt(lambda_j)``, an orthonormal set (``v_i . v_j = e_i^T M e_j / ...``). The
+    basis is kept implicit (a push and a pullback through the frozen chain), so a frame costs one eigendecomposition
+    of the N(k-1)-square M, not a dense P x nf matrix. In these coordinates the Gauss-Newton Hessian is
+    ``diag(lambda)``; the residual part of the Hessian matters only for the smallest stiff directions (measured on the
+    L = 10 saddle: 624 against lambda = 6.5, while every lambda above 1e3 agrees to 1e-4), so their rows are exact
+    (one Hessian-vector product each)."""
+
+    def __init__(self, loss, chain, grad_logits: torch.Tensor, cut: float, exact_below: float = 1e3) -> None:
+        self.chain, self.like = chain, chain.factors
+        ones = torch.ones(1, dtype=grad_logits.dtype, device=grad_logits.device)
+        self.C, M = scaled_logit_kernel(loss, chain, ones)
+        # LAPACK's divide and conquer through SciPy: ~2x torch.linalg.eigh's time saved at this size (450, one thread)
+        lam, E = (torch.from_numpy(a).to(M.device) for a in scipy.linalg.eigh(M[0].cpu().numpy(), driver="evd", check_finite=False))
+        keep = lam > cut
+        self.lam = lam[keep]
+        self.Y = E[:, keep] / self.lam.sqrt()  # N(k-1) x nf: logit-space coefficients of the orthonormal basis
+        self.size = int(keep.sum())
+        H = torch.diag(self.lam)
+        eye = torch.eye(self.size, dtype=lam.dtype, device=lam.device)
+        for j in (self.lam < exact_below).nonzero().squeeze(1).tolist():
+            hv = hessian_vector_product(chain, grad_logits, self.C, unflatten(self.lift(eye[j]), self.like))
+            row = self.coords(flatten(hv))
+            H[j, :] = row
+            H[:, j] = row
+        self.hessian = 0.5 * (H + H.T)
+
+    def coords(self, v: torch.Tensor) -> torch.Tensor:
+        """Components of a flattened parameter vector (1 x P) along the stiff directions (nf,)."""
+        Jv = self.chain.push(unflatten(v, self.like))
+        y = (self.C.transpose(-1, -2) @ Jv.transpose(1, 2)[..., None]).reshape(-1)
+        return self.Y.T @ y
+
+    def lift(self, c: torch.Tensor) -> torch.Tensor:
+        """The parameter vector (1 x P) with stiff components c and no others."""
+        N = self.chain.logits.shape[-1]
+        y = (self.Y @ c).reshape(1, N, -1, 1)
+        return flatten(self.chain.pullback((self.C @ y).squeeze(-1).transpose(1, 2)))
+
+
+def _loss_gradient(theta: torch.Tensor, like: Params, loss):
+    """``(chain, dL/dZ, dL/dtheta flattened)`` at flattened factors theta."""
+    chain = DeepUFM(unflatten(theta, like)).chain()
+    G, log_scale = loss.scaled_gradient(chain.logits)
+    g = G * torch.exp(log_scale)[:, None, None]
+    return chain, g, flatten(chain.pullback(g))
+
+
+def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFrame, max_iter: int = 30,
+                        tol: float = 1e-10):
+    """Move theta along the frame's stiff directions until the loss gradient has no component left there (the stiff
+    modes relaxed: the slow manifold). Broyden's method in the nf stiff coordinates from the frame's exact Hessian:
+    the Hessian off the manifold is up to ~3x the one on it (measured), which stalls a Newton iteration that keeps
+    it fixed, while recomputing it costs ~50 Hessian-vector products. Returns ``(theta, gradient, iterations)``, theta
+    None if it does not converge (the caller takes a shorter step)."""
+    B = frame.hessian.clone()
+    _, _, grad = _loss_gradient(theta, like, loss)
+    rho = frame.coords(grad)
+    start = float(torch.linalg.vector_norm(rho))
+    for it in range(max_iter):
+        s = -torch.linalg.solve(B, rho)
+        theta = theta + frame.lift(s)
+        _, _, grad = _loss_gradient(theta, like, loss)
+        new = frame.coords(grad)
+        size = float(torch.linalg.vector_norm(new))
+        if not math.isfinite(size) or size > 1e3 * max(start, 1e-300):
+            return None, grad, it + 1
+        B += torch.outer(new - rho - B @ s, s) / torch.dot(s, s)
+        rho = new
+        if float(torch.linalg.vector_norm(s)) <= tol * float(torch.linalg.vector_norm(theta)):
+            return theta, grad, it + 1
+    return None, grad, max_iter
+
+
+def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0) -> tuple[DeepUFM | None, int]:
+    """One step of gradient flow for a single run on a saddle plateau, taken on its slow manifold: Heun's method
+    (second order, explicit) on the gradient with its stiff components removed, each stage brought back onto the
+    manifold where the stiff components of the gradient vanish (:func:`_onto_slow_manifold`). Returns the new model
+    and the solver iterations; ``(None, 0)`` where the step does not apply (nothing stiff, or no stable equilibrium
+    of the stiff directions: take a backward-Euler step), ``(None, iterations)`` where its projection did not
+    converge (take a shorter step).
+
+    Why: on the rank-1 saddle of deep runs the Gauss-Newton curvature has a wide gap (L = 10, paper setting: ~48
+    directions above 2, up to 1e9-1e11, the rest below 0.07), and the exact Hessian off those stiff directions lies in
+    [-0.01, 0.07]. The stiff modes relax in microseconds of flow time, so gradient flow keeps them at equilibrium
+    (their gradient components ~0) and moves along the rest, which an explicit step follows at dt ~ 1 and beyond.
+    Backward Euler reaches the same path, but its Newton iteration leaves the manifold and lands on the stiff walls
+    (docs/depth.md); here the stiff directions are solved for alone, in nf ~ 50 coordinates. Stiff directions are
+    those with Gauss-Newton eigenvalue above ``cut`` (measured at L = 10: the gap lies between ~2 and ~0.07). The
+    step declines if there are none (nothing is stiff) or their Hessian is not positive definite (no stable
+    equilibrium to follow)."""
+    like = model.factors
+    theta = flatten(like)
+    chain, g, grad = _loss_gradient(theta, like, loss)
+    frame = _StiffFrame(loss, chain, g, cut)
+    if frame.size == 0 or bool(torch.linalg.cholesky_ex(frame.hessian)[1] != 0):
+        return None, 0
+    v1 = grad - frame.lift(frame.coords(grad))
+    predicted = theta - dt * v1
+    euler, grad_e, it1 = _onto_slow_manifold(predicted, like, loss, frame)
+    if euler is None:
+        return None, it1
+    v2 = grad_e - frame.lift(frame.coords(grad_e))
+    # the Euler stage's correction onto the manifold predicts the Heun stage's (same step, same curvature)
+    heun, _, it2 = _onto_slow_manifold(theta - 0.5 * dt * (v1 + v2) + (euler - predicted), like, loss, frame)
+    if heun is None:
+        return None, it1 + it2
+    return DeepUFM(unflatten(heun, like)), it1 + it2
+
+
 def bdf2_center(theta: torch.Tensor, previous: torch.Tensor, dt: float, previous_dt: float) -> tuple[torch.Tensor, float]:
     """The variable-step BDF2 step of gradient flow as a proximal step: ``theta_{n+1} = c - dt' grad L(theta_{n+1})``
     with ``c = ((1 + w)^2 theta_n - w^2 theta_{n-1}) / (1 + 2w)`` and ``dt' = dt (1 + w) / (1 + 2w)``, ``w = dt /
@@ -249,9 +383,9 @@ class PathSimulator(Simulator):
 
     def __init__(self, model, loss, eta: float = 0.01, optimizer=None, path: bool = True, plateau: bool = True,
                  window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 100.0,
-                 plateau_budget: int = 300, code_step: float = 0.01, code_window: int = 500, code_tol: float = 0.01,
+                 plateau_budget: int = 800, code_step: float = 0.01, code_window: int = 500, code_tol: float = 0.01,
                  code_margin: float = 10.0, code_max_steps: int = 20000, settle_steps: int = 1000,
-                 settle_factor: float = 0.1) -> None:
+                 settle_factor: float = 0.1, slow_steps: bool = True) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)
@@ -261,6 +395,7 @@ class PathSimulator(Simulator):
         self.window, self.flat_tol, self.stiff_ratio = int(window), float(flat_tol), float(stiff_ratio)
         self.exit_ratio = float(exit_ratio)
         self.plateau_budget = int(plateau_budget)
+        self.slow_steps = bool(slow_steps)
         dev, B = model.factors[0].device, model.batch
         self.active = torch.ones(B, dtype=torch.bool, device=dev)
         self.stiff = torch.zeros(B, dtype=torch.bool, device=dev)  # on a plateau: implicit steps
@@ -280,6 +415,9 @@ class PathSimulator(Simulator):
         # the factors before the last accepted implicit step (flattened) and its flow time, for BDF2 (0: no history)
         self.prev_theta = torch.zeros((B, sum(F[0].numel() for F in model.factors)), dtype=torch.float64, device=dev)
         self.prev_dt = torch.zeros(B, dtype=torch.float64, device=dev)
+        # plateau steps left before the run tries a slow-manifold step again (0: try it now)
+        self.slow_skip = torch.zeros(B, dtype=torch.long, device=dev)
+        self.slow_failures = torch.zeros(B, dtype=torch.long, device=dev)  # failed slow-manifold steps in a row
         k, labels = loss.num_classes, loss.labels
         counts = torch.bincount(labels, minlength=k).to(torch.float64)
         self._class_avg = torch.zeros((labels.numel(), k), dtype=torch.float64, device=dev)
@@ -455,19 +593,36 @@ class PathSimulator(Simulator):
         return self.stiff & moving
 
     def _implicit_steps(self, idx: torch.Tensor) -> None:
-        """One backward-Euler step per plateau run (each run alone, so its numbers do not depend on the batch), with
-        the path rule's accuracy: a step may move the factors by at most ``eta ||theta||``. A longer step is refused
-        and dt shrinks in proportion; a shorter one lets dt grow in proportion (at most 2x). A step whose Newton
-        iteration does not converge is retried at half the flow time."""
+        """One plateau step per plateau run (each run alone, so its numbers do not depend on the batch), with the path
+        rule's accuracy: a step may move the factors by at most ``eta ||theta||``. A longer step is refused and dt
+        shrinks in proportion; a shorter one lets dt grow in proportion (at most 2x). The step is a slow-manifold step
+        (:func:`slow_manifold_step`) where it works, else BDF2. A step that fails (a slow-manifold step whose
+        projection does not converge, a BDF2 step whose Newton iteration does not) is retried at half the flow time;
+        after SLOW_FAILURES failed slow-manifold steps in a row (no stiff gap left, as an escape gets under way) the
+        run takes SLOW_RETRY BDF2 steps before it tries again."""
         for b in idx.tolist():
             sub = DeepUFM([F[b:b + 1] for F in self.model.factors])
             dt = float(self.dt[b])
             theta_n = flatten(sub.factors)
-            if float(self.prev_dt[b]) > 0:  # BDF2 from the last accepted implicit step
-                center, dt_eff = bdf2_center(theta_n, self.prev_theta[b:b + 1], dt, float(self.prev_dt[b]))
-                new, iterations = backward_euler_step(sub, self.loss, dt_eff, center=center)
-            else:  # the first implicit step after explicit ones: backward Euler
-                new, iterations = backward_euler_step(sub, self.loss, dt)
+            new, iterations = None, 0
+            if self.slow_steps and int(self.slow_skip[b]) == 0:
+                new, iterations = slow_manifold_step(sub, self.loss, dt)
+                if new is None:
+                    self.slow_failures[b] += 1
+                if iterations == 0 and new is None or int(self.slow_failures[b]) >= SLOW_FAILURES:
+                    self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0
+            elif int(self.slow_skip[b]) > 0:
+                self.slow_skip[b] -= 1
+            slow = new is not None
+            if new is None and (iterations == 0 or int(self.slow_skip[b]) > 0):
+                # not applicable here (or given up on for now): a BDF2 step at the same dt
+                tried = iterations
+                if float(self.prev_dt[b]) > 0:  # BDF2 from the last accepted implicit step
+                    center, dt_eff = bdf2_center(theta_n, self.prev_theta[b:b + 1], dt, float(self.prev_dt[b]))
+                    new, iterations = backward_euler_step(sub, self.loss, dt_eff, center=center)
+                else:  # the first implicit step after explicit ones: backward Euler
+                    new, iterations = backward_euler_step(sub, self.loss, dt)
+                iterations += tried
             self.newton_iterations[b] += iterations
             self.plateau_steps[b] += 1
             if new is None:
@@ -479,7 +634,14 @@ class PathSimulator(Simulator):
             move = float(torch.linalg.vector_norm(flatten(new.factors) - theta_n))
             self.dt[b] = dt * min(2.0, 0.9 * cap / max(move, 1e-300))
             if move > cap:
+                if slow:  # may be the jump onto the manifold, which a shorter step does not shorten: a failure
+                    self.dt[b] = 0.5 * dt
+                    self.slow_failures[b] += 1
+                    if int(self.slow_failures[b]) >= SLOW_FAILURES:
+                        self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0
                 continue
+            if slow:
+                self.slow_failures[b] = 0
             self.prev_theta[b] = theta_n[0]
             self.prev_dt[b] = dt
             for F, Fs in zip(self.model.factors, new.factors):
@@ -502,8 +664,9 @@ class PathSimulator(Simulator):
         is 194 for an escape at 205 and 282 for one at ~316 (docs/depth.md). The run stops, flagged with the
         prediction, when the predicted remaining flow time exceeds both STALL_MIN_REMAINING (an escape under way is
         never stopped) and STALL_FACTOR times what its budget still buys: the implicit steps left at FLOW_PER_STEP
-        each, or at the present or mean dt where larger. A saddle whose sigma_2 has not grown for 20 units of flow
-        time stops as well."""
+        each, or at the present or mean dt where larger; from STALL_LATE steps on, exactly what the budget buys at the
+        flow time per step of the steps since the last check. A saddle whose sigma_2 has not grown for 20 units of
+        flow time stops as well."""
         t, t_ref = float(self.plateau_time[b]), float(self.ref_time[b])
         if t - t_ref < 1.0:  # too little flow time since the last check to measure a rate
             return
@@ -519,8 +682,12 @@ class PathSimulator(Simulator):
             return
         self.predicted_escape[b] = t + remaining
         steps = int(self.plateau_steps[b])
-        affordable = max(self.plateau_budget - steps, 0) * max(float(self.dt[b]), t / steps, FLOW_PER_STEP)
-        if remaining > max(STALL_MIN_REMAINING, STALL_FACTOR * affordable):
+        # flow time per step: since STALL_LATE steps, that of the steps since the last check (at least 25 of them, so
+        # this errs long) with no further allowance; before, the optimistic mean or FLOW_PER_STEP, with STALL_FACTOR
+        late = steps >= STALL_LATE
+        per_step = (t - t_ref) / 25.0 if late else max(float(self.dt[b]), t / steps, FLOW_PER_STEP)
+        affordable = max(self.plateau_budget - steps, 0) * per_step * (1.0 if late else STALL_FACTOR)
+        if remaining > max(STALL_MIN_REMAINING, affordable):
             self.stalled[b] = True  # plateau_steps keeps the steps taken (the results report it)
             self.stiff[b] = False
 

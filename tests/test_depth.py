@@ -561,6 +561,32 @@ def test_path_and_plateau_steps_conserve_gradient_flows_imbalance():
     assert 1.6 < coarse / fine < 2.5
 
 
+def test_stall_rule_late_on_judges_by_the_recent_steps():
+    """From STALL_LATE implicit steps on, the budget is valued at the flow time per step since the last check (25
+    steps back), with no 1.5x allowance: a run whose steps have collapsed stops, a run still covering ~1 unit a step
+    goes on, with the same predicted escape."""
+    from implicit_geometry.depth.stepping import STALL_LATE
+
+    K, L = 4, 3
+    labels = np.arange(K)
+    m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=L, batch=1, init_std=0.1, seeds=[0])
+
+    def stall(t_ref, t=155.0, steps=STALL_LATE + 100, budget=800):
+        sim = PathSimulator(m.clone(), CrossEntropy(labels, K), plateau_budget=budget)
+        sim.ref_log_sigma2[0], sim.ref_time[0], sim.plateau_time[0] = 0.0, t_ref, t
+        sim.plateau_steps[0], sim.stiff[0], sim.dt[0] = steps, True, 0.5
+        # sigma_2 grew by e^(0.005 (t - t_ref)): rate 0.005, p - 1 = 1/2, 400 units to go
+        Z = torch.diag(torch.tensor([1e3, math.exp(0.005 * (t - t_ref)), 0.0, 0.0], dtype=torch.float64))[None]
+        sim._check_stall(0, Z)
+        return sim
+
+    crawl = stall(153.0)  # 2 units in 25 steps: 500 steps left buy 40 units
+    assert bool(crawl.stalled[0]) and abs(float(crawl.predicted_escape[0]) - 555.0) < 1e-6
+    assert not bool(stall(130.0).stalled[0])  # 25 units in 25 steps: 500 left buy 500 > 400
+    # before STALL_LATE the optimistic rule holds: max(0.5, dt, t / steps = 1.04) x 651 steps left x 1.5 > 400
+    assert not bool(stall(153.0, steps=STALL_LATE - 51).stalled[0])
+
+
 def test_stall_rule_predicts_the_blow_up_of_the_second_mode():
     """A plateau run gives up when the blow-up of ``d sigma_2/dt = c sigma_2^p`` (p = 2L/(L+1)), extrapolated from
     sigma_2's growth rate since the last check, lies beyond 1.5x the flow time its remaining budget buys (implicit
@@ -853,6 +879,8 @@ def test_depth_cli_errors_and_run(tmp_path):
     assert r.returncode == 2 and "plateau_budget must be an integer >= 0 (got -1)" in r.stderr
     with pytest.raises(InvalidParameterError, match=r"plateau must be true or false \(got 'yes'\)"):
         DepthConfig(plateau="yes").validate()
+    with pytest.raises(InvalidParameterError, match=r"slow_steps must be true or false \(got 'no'\)"):
+        DepthConfig(slow_steps="no").validate()
     with pytest.raises(InvalidParameterError, match=r"dim must be an integer >= 2 \(got 1\)"):  # rank-1 logits never separate K >= 3
         DepthConfig(dims=[1]).validate()
 

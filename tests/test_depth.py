@@ -562,19 +562,20 @@ def test_path_and_plateau_steps_conserve_gradient_flows_imbalance():
 
 
 def test_stall_rule_late_on_judges_by_the_recent_steps():
-    """From STALL_LATE implicit steps on, the budget is valued at the flow time per step since the last check (25
-    steps back), with no 1.5x allowance: a run whose steps have collapsed stops, a run still covering ~1 unit a step
-    goes on, with the same predicted escape."""
+    """From STALL_LATE implicit steps on, the budget is valued at the flow time per step since the last check, with
+    no 1.5x allowance: a run whose steps have collapsed stops, a run still covering ~1 unit a step goes on, with the
+    same predicted escape. The steps since the last check are counted, not assumed to be 25: checks are skipped on
+    refused steps, which a collapsing run has many of."""
     from implicit_geometry.depth.stepping import STALL_LATE
 
     K, L = 4, 3
     labels = np.arange(K)
     m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=L, batch=1, init_std=0.1, seeds=[0])
 
-    def stall(t_ref, t=155.0, steps=STALL_LATE + 100, budget=800):
+    def stall(t_ref, t=155.0, steps=STALL_LATE + 100, budget=800, since=25):
         sim = PathSimulator(m.clone(), CrossEntropy(labels, K), plateau_budget=budget)
         sim.ref_log_sigma2[0], sim.ref_time[0], sim.plateau_time[0] = 0.0, t_ref, t
-        sim.plateau_steps[0], sim.stiff[0], sim.dt[0] = steps, True, 0.5
+        sim.plateau_steps[0], sim.ref_steps[0], sim.stiff[0], sim.dt[0] = steps, steps - since, True, 0.5
         # sigma_2 grew by e^(0.005 (t - t_ref)): rate 0.005, p - 1 = 1/2, 400 units to go
         Z = torch.diag(torch.tensor([1e3, math.exp(0.005 * (t - t_ref)), 0.0, 0.0], dtype=torch.float64))[None]
         sim._check_stall(0, Z)
@@ -583,6 +584,8 @@ def test_stall_rule_late_on_judges_by_the_recent_steps():
     crawl = stall(153.0)  # 2 units in 25 steps: 500 steps left buy 40 units
     assert bool(crawl.stalled[0]) and abs(float(crawl.predicted_escape[0]) - 555.0) < 1e-6
     assert not bool(stall(130.0).stalled[0])  # 25 units in 25 steps: 500 left buy 500 > 400
+    s = stall(130.0, since=75)  # the same 25 units over 75 steps (two checks skipped): 500 left buy 167
+    assert bool(s.stalled[0]) and int(s.ref_steps[0]) == STALL_LATE + 100
     # before STALL_LATE the optimistic rule holds: max(0.5, dt, t / steps = 1.04) x 651 steps left x 1.5 > 400
     assert not bool(stall(153.0, steps=STALL_LATE - 51).stalled[0])
 

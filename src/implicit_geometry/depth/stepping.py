@@ -56,7 +56,7 @@ iterations on the proximal problem accept 1/16-1/64 of their steps; Newton conve
 
 Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-200
 implicit steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
-1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-335 steps for seeds 1-4 with slow-manifold steps, while
+1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-340 steps for seeds 1-4 with slow-manifold steps, while
 seed 0's steps collapse at flow time ~150 of its ~320. So a plateau run predicts its escape from the growth of the
 second singular value of its class-mean logits (a blow-up ``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops
 early, flagged as ``stalled`` with the prediction, when the escape lies far beyond what its remaining budget buys
@@ -114,14 +114,14 @@ CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
 _RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated",
               "plateau_time", "ref_log_sigma2", "ref_time", "predicted_escape", "stalled",
               "code_phase", "code_steps", "settled", "best_log_gamma", "window_log_gamma", "code_converged",
-              "prev_theta", "prev_dt", "slow_skip", "slow_failures")
+              "prev_theta", "prev_dt", "slow_skip", "slow_failures", "ref_steps")
 # a plateau run is checked for a hopeless escape from STALL_AFTER implicit steps on (every 25); see _check_stall
 # (FLOW_PER_STEP: flow time an implicit step covers over a whole plateau, measured 0.44-0.62 at L = 9-10; dt is
 # far smaller in a plateau's first tens of steps, so the present dt alone would judge too early)
 STALL_AFTER, STALL_FACTOR, FLOW_PER_STEP, STALL_MIN_REMAINING = 50, 1.5, 0.5, 10.0
-# from STALL_LATE implicit steps on, what the budget buys is judged by the flow time of the last 25 steps alone (no
-# STALL_FACTOR): a run whose steps have collapsed (slow-manifold steps no longer apply, BDF2 crawls) stops instead of
-# spending its budget
+# from STALL_LATE implicit steps on, what the budget buys is judged by the flow time per step since the last check
+# alone (no STALL_FACTOR): a run whose steps have collapsed (slow-manifold steps no longer apply, BDF2 crawls) stops
+# instead of spending its budget
 STALL_LATE = 200
 # a failed slow-manifold step is retried at half the flow time; after SLOW_FAILURES failures in a row the run takes
 # SLOW_RETRY backward-Euler/BDF2 steps before it tries again (the stiff gap closes as an escape gets under way)
@@ -410,6 +410,7 @@ class PathSimulator(Simulator):
         self.plateau_time = torch.zeros(B, dtype=torch.float64, device=dev)
         self.ref_log_sigma2 = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
         self.ref_time = torch.zeros(B, dtype=torch.float64, device=dev)
+        self.ref_steps = torch.zeros(B, dtype=torch.long, device=dev)  # plateau steps at the last check
         self.predicted_escape = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
         self.stalled = torch.zeros(B, dtype=torch.bool, device=dev)  # gave up: the escape is far beyond the budget
         # the factors before the last accepted implicit step (flattened) and its flow time, for BDF2 (0: no history)
@@ -673,6 +674,8 @@ class PathSimulator(Simulator):
         log_s2 = float(self._log_sigma2(Z)[0])
         rate = (log_s2 - float(self.ref_log_sigma2[b])) / (t - t_ref)
         self.ref_log_sigma2[b], self.ref_time[b] = log_s2, t
+        steps, ref_steps = int(self.plateau_steps[b]), int(self.ref_steps[b])
+        self.ref_steps[b] = steps
         p = 2.0 * self.model.depth / (self.model.depth + 1)
         if rate > 0 and p > 1:
             remaining = 1.0 / ((p - 1.0) * rate)
@@ -681,11 +684,11 @@ class PathSimulator(Simulator):
         else:  # sigma_2 may dip as a run settles onto its plateau: no judgement yet
             return
         self.predicted_escape[b] = t + remaining
-        steps = int(self.plateau_steps[b])
-        # flow time per step: since STALL_LATE steps, that of the steps since the last check (at least 25 of them, so
-        # this errs long) with no further allowance; before, the optimistic mean or FLOW_PER_STEP, with STALL_FACTOR
+        # flow time per step: since STALL_LATE steps, that of the steps since the last check (a check is skipped when
+        # its step is refused, or it has under one unit of flow time to measure) with no further allowance; before,
+        # the optimistic mean or FLOW_PER_STEP, with STALL_FACTOR
         late = steps >= STALL_LATE
-        per_step = (t - t_ref) / 25.0 if late else max(float(self.dt[b]), t / steps, FLOW_PER_STEP)
+        per_step = (t - t_ref) / max(steps - ref_steps, 1) if late else max(float(self.dt[b]), t / steps, FLOW_PER_STEP)
         affordable = max(self.plateau_budget - steps, 0) * per_step * (1.0 if late else STALL_FACTOR)
         if remaining > max(STALL_MIN_REMAINING, affordable):
             self.stalled[b] = True  # plateau_steps keeps the steps taken (the results report it)

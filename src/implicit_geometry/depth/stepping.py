@@ -133,6 +133,14 @@ def logit_spread(Z: torch.Tensor) -> torch.Tensor:
     return (Z.amax(dim=-2) - Z.amin(dim=-2)).amax(dim=-1)
 
 
+def _loss_gradient(theta: torch.Tensor, like: Params, loss):
+    """``(chain, dL/dZ, dL/dtheta flattened)`` at flattened factors theta."""
+    chain = DeepUFM(unflatten(theta, like)).chain()
+    G, log_scale = loss.scaled_gradient(chain.logits)
+    g = G * torch.exp(log_scale)[:, None, None]
+    return chain, g, flatten(chain.pullback(g))
+
+
 def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20, max_cg: int = 100,
                         center: torch.Tensor | None = None, trace: list | None = None) -> tuple[DeepUFM | None, int]:
     """One backward-Euler step of gradient flow for a single run (batch of one), ``theta = theta_k - dt grad L(theta)``,
@@ -165,11 +173,8 @@ def backward_euler_step(model: DeepUFM, loss, dt: float, *, max_newton: int = 20
     dts = torch.full((1,), dt, dtype=theta.dtype, device=theta.device)
     phi0 = None  # the proximal objective at theta (carried over from the line search that accepted it)
     for it in range(max_newton):
-        factors = unflatten(theta, like)
-        chain = DeepUFM(factors).chain()
-        G, log_scale = loss.scaled_gradient(chain.logits)
-        g_logits = G * torch.exp(log_scale)[:, None, None]
-        r = flatten(chain.pullback(g_logits)) + (theta - base) / dt
+        chain, g_logits, grad = _loss_gradient(theta, like, loss)
+        r = grad + (theta - base) / dt
         system = GaussNewtonSystem(loss, chain, dts)
         if bool(system.failed.any()):
             return None, it
@@ -271,21 +276,13 @@ class _StiffFrame:
         return flatten(self.chain.pullback((self.C @ y).squeeze(-1).transpose(1, 2)))
 
 
-def _loss_gradient(theta: torch.Tensor, like: Params, loss):
-    """``(chain, dL/dZ, dL/dtheta flattened)`` at flattened factors theta."""
-    chain = DeepUFM(unflatten(theta, like)).chain()
-    G, log_scale = loss.scaled_gradient(chain.logits)
-    g = G * torch.exp(log_scale)[:, None, None]
-    return chain, g, flatten(chain.pullback(g))
-
-
 def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFrame, max_iter: int = 30,
                         tol: float = 1e-10):
     """Move theta along the frame's stiff directions until the loss gradient has no component left there (the stiff
     modes relaxed: the slow manifold). Broyden's method in the nf stiff coordinates from the frame's exact Hessian:
     the Hessian off the manifold is up to ~3x the one on it (measured), which stalls a Newton iteration that keeps
-    it fixed, while recomputing it costs ~50 Hessian-vector products. Returns ``(theta, gradient, iterations)``, theta
-    None if it does not converge (the caller takes a shorter step)."""
+    it fixed, while recomputing it costs ~50 Hessian-vector products. Returns ``(theta, gradient, its stiff
+    components, iterations)``, theta None if it does not converge (the caller takes a shorter step)."""
     B = frame.hessian.clone()
     _, _, grad = _loss_gradient(theta, like, loss)
     rho = frame.coords(grad)
@@ -297,12 +294,12 @@ def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFr
         new = frame.coords(grad)
         size = float(torch.linalg.vector_norm(new))
         if not math.isfinite(size) or size > 1e3 * max(start, 1e-300):
-            return None, grad, it + 1
+            return None, grad, new, it + 1
         B += torch.outer(new - rho - B @ s, s) / torch.dot(s, s)
         rho = new
         if float(torch.linalg.vector_norm(s)) <= tol * float(torch.linalg.vector_norm(theta)):
-            return theta, grad, it + 1
-    return None, grad, max_iter
+            return theta, grad, rho, it + 1
+    return None, grad, rho, max_iter
 
 
 def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0) -> tuple[DeepUFM | None, int]:
@@ -330,12 +327,12 @@ def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0) -> 
         return None, 0
     v1 = grad - frame.lift(frame.coords(grad))
     predicted = theta - dt * v1
-    euler, grad_e, it1 = _onto_slow_manifold(predicted, like, loss, frame)
+    euler, grad_e, stiff_e, it1 = _onto_slow_manifold(predicted, like, loss, frame)
     if euler is None:
         return None, it1
-    v2 = grad_e - frame.lift(frame.coords(grad_e))
+    v2 = grad_e - frame.lift(stiff_e)
     # the Euler stage's correction onto the manifold predicts the Heun stage's (same step, same curvature)
-    heun, _, it2 = _onto_slow_manifold(theta - 0.5 * dt * (v1 + v2) + (euler - predicted), like, loss, frame)
+    heun, _, _, it2 = _onto_slow_manifold(theta - 0.5 * dt * (v1 + v2) + (euler - predicted), like, loss, frame)
     if heun is None:
         return None, it1 + it2
     return DeepUFM(unflatten(heun, like)), it1 + it2
@@ -608,10 +605,8 @@ class PathSimulator(Simulator):
             new, iterations = None, 0
             if self.slow_steps and int(self.slow_skip[b]) == 0:
                 new, iterations = slow_manifold_step(sub, self.loss, dt)
-                if new is None:
-                    self.slow_failures[b] += 1
-                if iterations == 0 and new is None or int(self.slow_failures[b]) >= SLOW_FAILURES:
-                    self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0
+                if new is None:  # not applicable (no iterations): BDF2 at once, and for SLOW_RETRY steps
+                    self._slow_failed(b, give_up=iterations == 0)
             elif int(self.slow_skip[b]) > 0:
                 self.slow_skip[b] -= 1
             slow = new is not None
@@ -637,9 +632,7 @@ class PathSimulator(Simulator):
             if move > cap:
                 if slow:  # may be the jump onto the manifold, which a shorter step does not shorten: a failure
                     self.dt[b] = 0.5 * dt
-                    self.slow_failures[b] += 1
-                    if int(self.slow_failures[b]) >= SLOW_FAILURES:
-                        self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0
+                    self._slow_failed(b)
                 continue
             if slow:
                 self.slow_failures[b] = 0
@@ -650,6 +643,13 @@ class PathSimulator(Simulator):
             self.plateau_time[b] += dt
             if self.plateau_steps[b] >= STALL_AFTER and self.plateau_steps[b] % 25 == 0:
                 self._check_stall(b, new.logits())
+
+    def _slow_failed(self, b: int, give_up: bool = False) -> None:
+        """Count a failed slow-manifold step of run ``b``; at SLOW_FAILURES in a row (or at once with ``give_up``) the
+        run takes SLOW_RETRY BDF2 steps before it tries again."""
+        self.slow_failures[b] += 1
+        if give_up or int(self.slow_failures[b]) >= SLOW_FAILURES:
+            self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0
 
     def _log_sigma2(self, Z: torch.Tensor) -> torch.Tensor:
         """log of the second singular value of each run's class-mean logits."""

@@ -561,6 +561,36 @@ def test_path_and_plateau_steps_conserve_gradient_flows_imbalance():
     assert 1.6 < coarse / fine < 2.5
 
 
+def test_slow_step_failures_cap_dt(monkeypatch):
+    """After a slow-manifold step fails at dt, dt stays below 0.75 dt (the cap growing 1.1x per accepted step), so
+    a run whose projection fails beyond some dt does not double back onto it after every success."""
+    from implicit_geometry.depth import stepping
+
+    K = 4
+    labels = np.arange(K)
+    m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=3, batch=1, init_std=0.1, seeds=[0])
+    limit, tried = 3.0, []
+
+    def fake_step(model, loss, dt, cut=1.0):  # converges below `limit` (a tiny move: the move cap never binds)
+        tried.append(dt)
+        return (DeepUFM([F * (1 + 1e-9) for F in model.factors]), 3) if dt <= limit else (None, 5)
+
+    monkeypatch.setattr(stepping, "slow_manifold_step", fake_step)
+
+    def failures(shrink):
+        monkeypatch.setattr(stepping, "SLOW_CAP_SHRINK", shrink)
+        sim = PathSimulator(m.clone(), CrossEntropy(labels, K))
+        sim.stiff[0], sim.dt[0] = True, 1.0
+        tried.clear()
+        for _ in range(30):
+            sim._implicit_steps(torch.tensor([0]))
+        return sum(dt > limit for dt in tried)
+
+    assert failures(math.inf) >= 13  # no cap: fail, halve, succeed, double onto the failing dt again ...
+    assert failures(0.75) <= 7
+    assert all(dt <= 0.75 * 4.0 * 1.1 ** 30 for dt in tried[tried.index(4.0) + 1:])
+
+
 def test_stall_rule_late_on_judges_by_the_recent_steps():
     """From STALL_LATE implicit steps on, the budget is valued at the flow time per step since the last check, with
     no 1.5x allowance: a run whose steps have collapsed stops, a run still covering ~1 unit a step goes on, with the
@@ -642,6 +672,26 @@ def _train_with_code(sim, labels, margin, max_steps=30000, stop=None):
                 break
             sim.update()
     return sim
+
+
+def test_code_phase_end_freezes_the_run_and_start_code_ends_its_plateau():
+    """A run whose settle stage ends is frozen by the simulator itself (the experiment looks only every few steps), and
+    a run moved into the code phase leaves plateau mode (else the experiment would check every step)."""
+    K, n = 3, 2
+    labels = np.repeat(np.arange(K), n)
+    m = DeepUFM.random(num_classes=K, num_samples=K * n, dim=4, depth=2, batch=2, init_std=0.5, seeds=[0, 1])
+    sim = PathSimulator(m, CrossEntropy(labels, K), settle_steps=3)
+    sim.stiff[:] = True
+    sim.start_code(torch.tensor([True, False]))
+    assert sim.stiff.tolist() == [False, True] and int(sim.code_phase[0]) == CODE_ASCENT
+    sim.stiff[:] = False
+    sim.code_phase[0], sim.settled[0] = CODE_SETTLE, 2
+    with torch.no_grad():
+        sim.update()
+        assert int(sim.code_phase[0]) == CODE_DONE and sim.active.tolist() == [False, True]
+        frozen = [F[0].clone() for F in sim.model.factors]
+        sim.update()
+    assert all(torch.equal(F[0], F0) for F, F0 in zip(sim.model.factors, frozen))
 
 
 def test_code_phase_reaches_the_etf_at_depth_1_and_the_regular_polygon_at_depth_4():

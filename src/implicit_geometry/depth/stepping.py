@@ -114,7 +114,7 @@ CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
 _RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated",
               "plateau_time", "ref_log_sigma2", "ref_time", "predicted_escape", "stalled",
               "code_phase", "code_steps", "settled", "best_log_gamma", "window_log_gamma", "code_converged",
-              "prev_theta", "prev_dt", "slow_skip", "slow_failures", "ref_steps")
+              "prev_theta", "prev_dt", "slow_skip", "slow_failures", "ref_steps", "slow_dt_cap")
 # a plateau run is checked for a hopeless escape from STALL_AFTER implicit steps on (every 25); see _check_stall
 # (FLOW_PER_STEP: flow time an implicit step covers over a whole plateau, measured 0.44-0.62 at L = 9-10; dt is
 # far smaller in a plateau's first tens of steps, so the present dt alone would judge too early)
@@ -126,6 +126,11 @@ STALL_LATE = 200
 # a failed slow-manifold step is retried at half the flow time; after SLOW_FAILURES failures in a row the run takes
 # SLOW_RETRY backward-Euler/BDF2 steps before it tries again (the stiff gap closes as an escape gets under way)
 SLOW_FAILURES, SLOW_RETRY = 3, 10
+# after a slow-manifold step's projection fails at dt, the run's dt stays below SLOW_CAP_SHRINK * dt, a cap that grows
+# by SLOW_CAP_GROWTH with every accepted slow-manifold step (without it, measured on the L = 10 saddles, dt doubles
+# back onto the failing value after every success and every other step fails; the same cap on BDF2's Newton failures
+# holds dt down where an escape needs it to grow: measured, a run that escaped in 289 steps ran out of its 800)
+SLOW_CAP_SHRINK, SLOW_CAP_GROWTH = 0.75, 1.1
 
 
 def logit_spread(Z: torch.Tensor) -> torch.Tensor:
@@ -416,6 +421,7 @@ class PathSimulator(Simulator):
         # plateau steps left before the run tries a slow-manifold step again (0: try it now)
         self.slow_skip = torch.zeros(B, dtype=torch.long, device=dev)
         self.slow_failures = torch.zeros(B, dtype=torch.long, device=dev)  # failed slow-manifold steps in a row
+        self.slow_dt_cap = torch.full((B,), math.inf, dtype=torch.float64, device=dev)  # see SLOW_CAP_SHRINK
         k, labels = loss.num_classes, loss.labels
         counts = torch.bincount(labels, minlength=k).to(torch.float64)
         self._class_avg = torch.zeros((labels.numel(), k), dtype=torch.float64, device=dev)
@@ -436,6 +442,7 @@ class PathSimulator(Simulator):
         directional dynamics until the normalized margin stops growing (see the module docstring)."""
         self.code_phase = torch.where(runs & (self.code_phase == CODE_OFF), torch.full_like(self.code_phase, CODE_ASCENT),
                                       self.code_phase)
+        self.stiff &= ~runs  # done with its plateau (a stale flag would have the experiment check it every step)
 
     def update(self) -> None:
         if self.path and not bool(self.active.all()):
@@ -557,6 +564,7 @@ class PathSimulator(Simulator):
         done = settle & (self.settled >= self.settle_steps)
         phase = torch.where(converged | give_up, torch.full_like(self.code_phase, CODE_SETTLE), self.code_phase)
         self.code_phase = torch.where(done, torch.full_like(phase, CODE_DONE), phase)
+        self.active &= ~done  # frozen at once, however often the caller looks
 
     def _plateau_modes(self, Z, length, relative, log_gnorm, moving) -> torch.Tensor:
         """Enter/leave plateau mode per run; returns which runs take an implicit step now."""
@@ -586,6 +594,7 @@ class PathSimulator(Simulator):
             if bool(first.any()):
                 self.ref_log_sigma2 = torch.where(first, self._log_sigma2(Z), self.ref_log_sigma2)
             self.dt_floor = torch.where(enter, 1e-4 * dt_explicit, self.dt_floor)
+            self.slow_dt_cap = torch.where(enter, torch.full_like(self.slow_dt_cap, math.inf), self.slow_dt_cap)
             self.stiff |= enter
             self.ref_log_loss = log_loss
         return self.stiff & moving
@@ -606,6 +615,8 @@ class PathSimulator(Simulator):
             if self.slow_steps and int(self.slow_skip[b]) == 0:
                 new, iterations = slow_manifold_step(sub, self.loss, dt)
                 if new is None:  # not applicable (no iterations): BDF2 at once, and for SLOW_RETRY steps
+                    if iterations > 0:  # its projection failed at this dt
+                        self.slow_dt_cap[b] = SLOW_CAP_SHRINK * dt
                     self._slow_failed(b, give_up=iterations == 0)
             elif int(self.slow_skip[b]) > 0:
                 self.slow_skip[b] -= 1
@@ -636,6 +647,8 @@ class PathSimulator(Simulator):
                 continue
             if slow:
                 self.slow_failures[b] = 0
+                self.dt[b] = min(float(self.dt[b]), float(self.slow_dt_cap[b]))
+                self.slow_dt_cap[b] *= SLOW_CAP_GROWTH
             self.prev_theta[b] = theta_n[0]
             self.prev_dt[b] = dt
             for F, Fs in zip(self.model.factors, new.factors):
@@ -650,6 +663,7 @@ class PathSimulator(Simulator):
         self.slow_failures[b] += 1
         if give_up or int(self.slow_failures[b]) >= SLOW_FAILURES:
             self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0
+            self.slow_dt_cap[b] = math.inf  # the state will have moved on by the next try
 
     def _log_sigma2(self, Z: torch.Tensor) -> torch.Tensor:
         """log of the second singular value of each run's class-mean logits."""

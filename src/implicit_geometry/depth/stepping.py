@@ -47,7 +47,8 @@ explicit Heun step along the rest. It follows the same path (the L = 10 escapes 
 times) at flow time ~1 per step where BDF2's Newton iteration fails beyond ~0.1-0.5, 5-30x cheaper per unit of
 flow time. Where it does not apply (nothing stiff, no stable stiff equilibrium, or its projection keeps failing,
 as when an escape gets under way or, late on the L = 10 saddle of seed 0, the stiffness reaches 1e14) the run
-takes BDF2 steps. ``slow_steps=False`` keeps BDF2 throughout.
+takes BDF2 steps. A projection that fails at dt caps the run's dt below it for a while (``SLOW_CAP_SHRINK``).
+``slow_steps=False`` keeps BDF2 throughout.
 
 Why Newton and not Gauss-Newton: on the saddle the misclassified samples keep O(1) gradients on large factors, so
 the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the linearly implicit Euler step of
@@ -56,7 +57,7 @@ iterations on the proximal problem accept 1/16-1/64 of their steps; Newton conve
 
 Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-200
 implicit steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
-1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-340 steps for seeds 1-4 with slow-manifold steps, while
+1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-321 steps for seeds 1-4 with slow-manifold steps, while
 seed 0's steps collapse at flow time ~150 of its ~320. So a plateau run predicts its escape from the growth of the
 second singular value of its class-mean logits (a blow-up ``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops
 early, flagged as ``stalled`` with the prediction, when the escape lies far beyond what its remaining budget buys

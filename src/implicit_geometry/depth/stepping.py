@@ -616,9 +616,7 @@ class PathSimulator(Simulator):
             if self.slow_steps and int(self.slow_skip[b]) == 0:
                 new, iterations = slow_manifold_step(sub, self.loss, dt)
                 if new is None:  # not applicable (no iterations): BDF2 at once, and for SLOW_RETRY steps
-                    if iterations > 0:  # its projection failed at this dt
-                        self.slow_dt_cap[b] = SLOW_CAP_SHRINK * dt
-                    self._slow_failed(b, give_up=iterations == 0)
+                    self._slow_failed(b, give_up=iterations == 0, failed_dt=dt if iterations > 0 else None)
             elif int(self.slow_skip[b]) > 0:
                 self.slow_skip[b] -= 1
             slow = new is not None
@@ -658,9 +656,12 @@ class PathSimulator(Simulator):
             if self.plateau_steps[b] >= STALL_AFTER and self.plateau_steps[b] % 25 == 0:
                 self._check_stall(b, new.logits())
 
-    def _slow_failed(self, b: int, give_up: bool = False) -> None:
+    def _slow_failed(self, b: int, give_up: bool = False, failed_dt: float | None = None) -> None:
         """Count a failed slow-manifold step of run ``b``; at SLOW_FAILURES in a row (or at once with ``give_up``) the
-        run takes SLOW_RETRY BDF2 steps before it tries again."""
+        run takes SLOW_RETRY BDF2 steps before it tries again. ``failed_dt``: the dt at which its projection failed,
+        which caps the run's dt (SLOW_CAP_SHRINK) until then."""
+        if failed_dt is not None:
+            self.slow_dt_cap[b] = SLOW_CAP_SHRINK * failed_dt
         self.slow_failures[b] += 1
         if give_up or int(self.slow_failures[b]) >= SLOW_FAILURES:
             self.slow_skip[b], self.slow_failures[b] = SLOW_RETRY, 0

@@ -455,6 +455,39 @@ def _margins(Z, labels):
     return (Z.gather(1, y).squeeze(1) - Z.scatter(1, y, -math.inf).amax(dim=1)).amin(dim=1)
 
 
+def test_stiff_kernel_spectrum_matches_the_formed_kernel(monkeypatch):
+    """Where the formed logit kernel is accurate (a small saddle), its square root gives the same stiff eigenvalues
+    and eigenspace, and a frame built from it (forced: the rounding trigger set to always fire) is orthonormal and
+    takes the same slow-manifold step. (Where the formed kernel is not accurate, late on L = 10 seed 0's saddle, the
+    root's lifted directions keep norm 1 while the formed kernel's fall to 0.001-0.3: docs/depth.md, session 23.)"""
+    from implicit_geometry.depth import stepping
+    from implicit_geometry.depth.curvature import scaled_logit_kernel, stiff_kernel_spectrum
+    from implicit_geometry.depth.stepping import _loss_gradient, _StiffFrame
+
+    loss, model = _small_saddle()
+    like = model.factors
+    chain, g, _ = _loss_gradient(flatten(like), like, loss)
+    C, M = scaled_logit_kernel(loss, chain, torch.ones(1, dtype=torch.float64))
+    lam_m, E_m = torch.linalg.eigh(M[0])
+    lam, E = stiff_kernel_spectrum(chain, C, 1.0)
+    keep = lam_m > 1.0
+    assert lam.numel() == int(keep.sum()) >= 2
+    assert torch.allclose(lam, lam_m[keep].flip(0), rtol=1e-9)
+    assert torch.allclose(E @ E.T, E_m[:, keep] @ E_m[:, keep].T, atol=1e-8)
+    formed = _StiffFrame(loss, chain, g, 1.0)
+    monkeypatch.setattr(stepping, "KERNEL_ROUNDING", 1.0)
+    root = _StiffFrame(loss, chain, g, 1.0, root_spectrum=True)
+    eye = torch.eye(root.size, dtype=torch.float64)
+    V = torch.stack([root.lift(eye[j])[0] for j in range(root.size)])
+    assert torch.allclose(V @ V.T, eye, atol=1e-9)
+    assert torch.allclose(torch.linalg.eigvalsh(root.hessian), torch.linalg.eigvalsh(formed.hessian), rtol=1e-7)
+    a, _ = slow_manifold_step(model, loss, 0.5, root_spectrum=True)
+    monkeypatch.setattr(stepping, "KERNEL_ROUNDING", 0.0)
+    b, _ = slow_manifold_step(model, loss, 0.5, root_spectrum=True)
+    assert float(torch.linalg.vector_norm(flatten(a.factors) - flatten(b.factors))) < 1e-8 * float(
+        torch.linalg.vector_norm(flatten(b.factors) - flatten(model.factors)))
+
+
 def test_slow_manifold_steps_follow_gradient_flow_on_the_saddle():
     """On a rank-1 saddle of the paper's kind the slow-manifold steps follow gradient flow: against a reference
     independent of them (BDF2 plateau steps at dt = T/800, Richardson-extrapolated with T/400) their error shrinks
@@ -571,7 +604,7 @@ def test_slow_step_failures_cap_dt(monkeypatch):
     m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=3, batch=1, init_std=0.1, seeds=[0])
     limit, tried = 3.0, []
 
-    def fake_step(model, loss, dt, cut=1.0):  # converges below `limit` (a tiny move: the move cap never binds)
+    def fake_step(model, loss, dt, cut=1.0, root_spectrum=False):  # converges below `limit` (a tiny move: the move cap never binds)
         tried.append(dt)
         return (DeepUFM([F * (1 + 1e-9) for F in model.factors]), 3) if dt <= limit else (None, 5)
 

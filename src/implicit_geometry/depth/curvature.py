@@ -162,6 +162,44 @@ def scaled_logit_kernel(loss, chain: Chain, dt: torch.Tensor) -> tuple[torch.Ten
     return C, system
 
 
+def stiff_kernel_spectrum(chain: Chain, C: torch.Tensor, cut: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalues above ``cut`` (descending) and eigenvectors of run 0's ``C^T J J^T C`` (see
+    :func:`scaled_logit_kernel`, dt = 1; C its reduced softmax root), accurate where forming the matrix is not.
+
+    Forming the kernel costs it every eigenvalue below ``~eps ||M|| sqrt(n)``: on the L = 10 saddle (``||M||`` up to
+    5e14) a band of rounding noise reaches 1-2.5 and mixes with the smallest stiff directions (their lifted
+    directions then have norms of 0.001-0.3 instead of 1; docs/depth.md). Here the kernel is never formed: its square
+    root, one block per layer ``(S_a U_a^T C_i)[a, alpha] (S_p V_p^T)[b, i]`` from the SVDs ``A_l = U_a S_a W_a^T``
+    and ``P_{l-1} = W_p S_p V_p^T``, is reduced to its singular values, whose squares are accurate to
+    ``~eps sqrt(||M||) sigma``. Rows with ``S_a S_p < 1e-3 sqrt(cut)`` are left out: together they move no eigenvalue
+    by more than ``~5e-3 cut`` (``|C| <= 1``), and they are ~90% of the rows at the paper's setting."""
+    Cn = C[0]
+    N, k, r = Cn.shape
+    L = chain.depth
+    eye_n = torch.eye(N, dtype=Cn.dtype, device=Cn.device)
+    lefts = [chain.left[l][0] for l in range(L)] + [None]
+    rights = [None] + [P[0] for P in chain.right()]
+    floor = 1e-3 * cut ** 0.5
+    blocks = []
+    for A, P in zip(lefts, rights):
+        if A is None:
+            X, sa = Cn.permute(1, 0, 2), torch.ones(k, dtype=Cn.dtype, device=Cn.device)  # [a, i, alpha]
+        else:
+            Ua, sa, _ = torch.linalg.svd(A, full_matrices=False)
+            X = sa[:, None, None] * torch.einsum("ca,icx->aix", Ua, Cn)
+        if P is None:
+            Yp, sp = eye_n, torch.ones(N, dtype=Cn.dtype, device=Cn.device)
+        else:
+            _, sp, Vt = torch.linalg.svd(P, full_matrices=False)
+            Yp = sp[:, None] * Vt  # [b, i]
+        a_idx, b_idx = torch.nonzero(sa[:, None] * sp[None, :] >= floor, as_tuple=True)
+        blocks.append((X[a_idx] * Yp[b_idx][:, :, None]).reshape(-1, N * r))
+    _, s, Vh = torch.linalg.svd(torch.cat(blocks), full_matrices=False)
+    lam = s * s
+    keep = lam > cut
+    return lam[keep], Vh[keep].transpose(0, 1)
+
+
 class GaussNewtonSystem:
     """``I + dt J^T S J`` at the current factors, factorized once per run through the logit kernel: by the
     push-through (Woodbury) identity ``(I + dt J^T C C^T J)^{-1} = I - dt J^T C (I + dt C^T J J^T C)^{-1} C^T J``,

@@ -48,7 +48,9 @@ times) at flow time ~1 per step where BDF2's Newton iteration fails beyond ~0.1-
 flow time. Where it does not apply (nothing stiff, no stable stiff equilibrium, or its projection keeps failing,
 as when an escape gets under way or, late on the L = 10 saddle of seed 0, the stiffness reaches 1e14) the run
 takes BDF2 steps. A projection that fails at dt caps the run's dt below it for a while (``SLOW_CAP_SHRINK``).
-``slow_steps=False`` keeps BDF2 throughout.
+``slow_steps=False`` keeps BDF2 throughout. ``root_spectrum=True`` takes the stiff directions from the logit
+kernel's square root once the formed kernel's rounding noise nears the cut: late on L = 10 seed 0's saddle that noise
+is what stops the slow-manifold steps, and with it the run follows the flow to its escape (docs/depth.md, session 23).
 
 Why Newton and not Gauss-Newton: on the saddle the misclassified samples keep O(1) gradients on large factors, so
 the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the linearly implicit Euler step of
@@ -100,6 +102,7 @@ from implicit_geometry.depth.curvature import (
     flatten,
     hessian_vector_product,
     scaled_logit_kernel,
+    stiff_kernel_spectrum,
     tangent_logits,
     unflatten,
 )
@@ -132,6 +135,10 @@ SLOW_FAILURES, SLOW_RETRY = 3, 10
 # back onto the failing value after every success and every other step fails; the same cap on BDF2's Newton failures
 # holds dt down where an escape needs it to grow: measured, a run that escaped in 289 steps ran out of its 800)
 SLOW_CAP_SHRINK, SLOW_CAP_GROWTH = 0.75, 1.1
+# the stiff frame's eigenvalues come from the formed logit kernel M while its rounding noise, measured as
+# KERNEL_ROUNDING ||M|| sqrt(n) (the band of noise eigenvalues at L = 10: 0.2 at ||M|| = 4.9e13, ~1-1.5 at 1.9e14),
+# stays below a quarter of the cut; beyond, from the kernel's square root (curvature.stiff_kernel_spectrum)
+KERNEL_ROUNDING = float(torch.finfo(torch.float64).eps)
 
 
 def logit_spread(Z: torch.Tensor) -> torch.Tensor:
@@ -250,12 +257,16 @@ class _StiffFrame:
     L = 10 saddle: 624 against lambda = 6.5, while every lambda above 1e3 agrees to 1e-4), so their rows are exact
     (one Hessian-vector product each)."""
 
-    def __init__(self, loss, chain, grad_logits: torch.Tensor, cut: float, exact_below: float = 1e3) -> None:
+    def __init__(self, loss, chain, grad_logits: torch.Tensor, cut: float, exact_below: float = 1e3,
+                 root_spectrum: bool = False) -> None:
         self.chain, self.like = chain, chain.factors
         ones = torch.ones(1, dtype=grad_logits.dtype, device=grad_logits.device)
         self.C, M = scaled_logit_kernel(loss, chain, ones)
         # LAPACK's divide and conquer through SciPy: ~2x torch.linalg.eigh's time saved at this size (450, one thread)
         lam, E = (torch.from_numpy(a).to(M.device) for a in scipy.linalg.eigh(M[0].cpu().numpy(), driver="evd", check_finite=False))
+        if root_spectrum and float(lam[-1]) * KERNEL_ROUNDING * M.shape[-1] ** 0.5 > 0.25 * cut:
+            # M's rounding noise nears the cut: its small eigenpairs are noise (docs/depth.md); take them from its root
+            lam, E = stiff_kernel_spectrum(chain, self.C, cut)
         keep = lam > cut
         self.lam = lam[keep]
         self.Y = E[:, keep] / self.lam.sqrt()  # N(k-1) x nf: logit-space coefficients of the orthonormal basis
@@ -308,7 +319,8 @@ def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFr
     return None, grad, rho, max_iter
 
 
-def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0) -> tuple[DeepUFM | None, int]:
+def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0,
+                       root_spectrum: bool = False) -> tuple[DeepUFM | None, int]:
     """One step of gradient flow for a single run on a saddle plateau, taken on its slow manifold: Heun's method
     (second order, explicit) on the gradient with its stiff components removed, each stage brought back onto the
     manifold where the stiff components of the gradient vanish (:func:`_onto_slow_manifold`). Returns the new model
@@ -324,11 +336,12 @@ def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0) -> 
     (docs/depth.md); here the stiff directions are solved for alone, in nf ~ 50 coordinates. Stiff directions are
     those with Gauss-Newton eigenvalue above ``cut`` (measured at L = 10: the gap lies between ~2 and ~0.07). The
     step declines if there are none (nothing is stiff) or their Hessian is not positive definite (no stable
-    equilibrium to follow)."""
+    equilibrium to follow). ``root_spectrum``: once the formed logit kernel's rounding noise nears the cut, take the
+    stiff directions from its square root (:func:`~implicit_geometry.depth.curvature.stiff_kernel_spectrum`)."""
     like = model.factors
     theta = flatten(like)
     chain, g, grad = _loss_gradient(theta, like, loss)
-    frame = _StiffFrame(loss, chain, g, cut)
+    frame = _StiffFrame(loss, chain, g, cut, root_spectrum=root_spectrum)
     if frame.size == 0 or bool(torch.linalg.cholesky_ex(frame.hessian)[1] != 0):
         return None, 0
     v1 = grad - frame.lift(frame.coords(grad))
@@ -388,7 +401,7 @@ class PathSimulator(Simulator):
                  window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 100.0,
                  plateau_budget: int = 800, code_step: float = 0.01, code_window: int = 500, code_tol: float = 0.01,
                  code_margin: float = 10.0, code_max_steps: int = 20000, settle_steps: int = 1000,
-                 settle_factor: float = 0.1, slow_steps: bool = True) -> None:
+                 settle_factor: float = 0.1, slow_steps: bool = True, root_spectrum: bool = False) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)
@@ -399,6 +412,7 @@ class PathSimulator(Simulator):
         self.exit_ratio = float(exit_ratio)
         self.plateau_budget = int(plateau_budget)
         self.slow_steps = bool(slow_steps)
+        self.root_spectrum = bool(root_spectrum)
         dev, B = model.factors[0].device, model.batch
         self.active = torch.ones(B, dtype=torch.bool, device=dev)
         self.stiff = torch.zeros(B, dtype=torch.bool, device=dev)  # on a plateau: implicit steps
@@ -614,7 +628,7 @@ class PathSimulator(Simulator):
             theta_n = flatten(sub.factors)
             new, iterations = None, 0
             if self.slow_steps and int(self.slow_skip[b]) == 0:
-                new, iterations = slow_manifold_step(sub, self.loss, dt)
+                new, iterations = slow_manifold_step(sub, self.loss, dt, root_spectrum=self.root_spectrum)
                 if new is None:  # not applicable (no iterations): BDF2 at once, and for SLOW_RETRY steps
                     self._slow_failed(b, give_up=iterations == 0, failed_dt=dt if iterations > 0 else None)
             elif int(self.slow_skip[b]) > 0:

@@ -65,6 +65,7 @@ class DepthConfig(ExperimentConfig):
     plateau: bool = True
     plateau_budget: int = 800
     slow_steps: bool = True
+    root_spectrum: bool = False
     lr: float = 1.0
     max_steps: int = 3000
     target_margin: float = 10.0
@@ -94,6 +95,7 @@ class DepthConfig(ExperimentConfig):
         self.plateau = check_bool("plateau", self.plateau)
         self.plateau_budget = check_int("plateau_budget", self.plateau_budget, minimum=0)
         self.slow_steps = check_bool("slow_steps", self.slow_steps)
+        self.root_spectrum = check_bool("root_spectrum", self.root_spectrum)
         self.lr = check_float("lr", self.lr, minimum=0.0, strict_min=True)
         self.max_steps = check_int("max_steps", self.max_steps, minimum=1)
         self.target_margin = check_float("target_margin", self.target_margin, minimum=0.0, strict_min=True)
@@ -128,7 +130,8 @@ class _Cell:
         opt = OptimizerConfig(name="ngd" if c.optimizer == "path" else c.optimizer, lr=c.lr)
         self.sim = PathSimulator(model, loss, eta=c.eta, optimizer=opt, path=c.optimizer == "path", plateau=c.plateau,
                                  plateau_budget=c.plateau_budget, code_step=c.code_step, code_margin=c.target_margin,
-                                 code_max_steps=c.code_max_steps, settle_steps=SETTLE_STEPS, slow_steps=c.slow_steps)
+                                 code_max_steps=c.code_max_steps, settle_steps=SETTLE_STEPS, slow_steps=c.slow_steps,
+                                 root_spectrum=c.root_spectrum)
         self.run = run
         B = c.seeds
         self.init_logit_norm = torch.linalg.matrix_norm(model.logits()).cpu().numpy()

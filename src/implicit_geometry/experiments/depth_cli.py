@@ -22,6 +22,9 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--slow-steps/--no-slow-steps", default=True, show_default=True,
               help="path: plateau steps on the slow manifold (stiff directions held at equilibrium) where they apply, "
                    "BDF2 elsewhere (--no-slow-steps: BDF2 throughout).")
+@click.option("--root-spectrum/--no-root-spectrum", default=False, show_default=True,
+              help="path: late on deep saddles take the stiff directions from the logit kernel's square root, where the formed "
+                   "kernel's rounding hides them (lets L = 10 seed 0 reach its escape with --plateau-budget 1200; ~40 ms per such step).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="ngd/gd step (not used by path).")
 @click.option("--max-steps", type=int, default=3000, show_default=True, help="Cap per run; runs not terminal by then are flagged.")
 @click.option("--target-margin", type=float, default=10.0, show_default=True, help="Terminal phase: smallest margin at least this.")
@@ -35,8 +38,8 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--norm-factor", type=float, default=10.0, show_default=True, help="Record Z's ETF distance when ||Z|| has grown by this factor.")
 @click.option("--rank-tol", type=float, default=0.05, show_default=True, help="Numerical rank: singular values above rank_tol * largest.")
 @common_run_options
-def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, plateau, plateau_budget, slow_steps, lr, max_steps,
-            target_margin, code, code_step, code_max_steps, norm_factor, rank_tol, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
+def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, plateau, plateau_budget, slow_steps, root_spectrum, lr,
+            max_steps, target_margin, code, code_step, code_max_steps, norm_factor, rank_tol, seeds, first_seed, device, out, resume, as_json, quiet) -> None:
     """Sweep depth and width of the deep UFM from random init: effective rank, learned softmax code, ETF distances."""
     from implicit_geometry._validation import parse_int_list
     from implicit_geometry.experiments.depth import DepthConfig, run_depth
@@ -47,7 +50,7 @@ def command(classes, samples_per_class, dims, depths, init_std, optimizer, eta, 
     config = DepthConfig(
         classes=classes, samples_per_class=samples_per_class, dims=parse_int_list("dims", dims), depths=parse_int_list("depths", depths),
         init_std=init_std, seeds=seeds, first_seed=first_seed, optimizer=optimizer, eta=eta, plateau=plateau,
-        plateau_budget=plateau_budget, slow_steps=slow_steps, lr=lr, max_steps=max_steps,
+        plateau_budget=plateau_budget, slow_steps=slow_steps, root_spectrum=root_spectrum, lr=lr, max_steps=max_steps,
         target_margin=target_margin, code=code, code_step=code_step, code_max_steps=code_max_steps, norm_factor=norm_factor, rank_tol=rank_tol, device=device,
     )
     emit_summary(run_depth(config, out, progress=not quiet), as_json)

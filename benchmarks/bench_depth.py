@@ -10,11 +10,10 @@
    phase), at every depth of the sweep where they occur (at least one at L >= 6).
 
 ``--follow-stalled`` then follows every run the sweep's stall rule stopped on the rank-1 saddle: each alone, in its
-own single-threaded worker, with ``--plateau-budget 16000 --max-steps 80000`` (as ``igeom run depth --depths L
---seeds 1 --first-seed s`` would), and judges the rank and angle bars again over all runs. Its time is reported
-apart: it is the compute those runs need, not part of the 5-minute bar (at the paper's setting, measured with BDF2
-plateau steps in session 19, about an hour of wall time on 2 cores, most of it L = 10 seed 0; docs/depth.md, "Every
-L = 10 run, followed to the end").
+own single-threaded worker, with ``--root-spectrum --plateau-budget 2000 --max-steps 20000`` (as ``igeom run depth
+--depths L --seeds 1 --first-seed s`` would), and judges the rank and angle bars again over all runs. Its time is
+reported apart: it is the compute those runs need, not part of the 5-minute bar (at the paper's setting L = 10 seed
+0, ~3 minutes since session 23's root spectrum; about an hour with BDF2 plateau steps, session 19; docs/depth.md).
 
 Baseline: 500 plain-GD updates of the depth-1 UFM at the paper's size (5 seeds batched), i.e. what a textbook
 loop costs on this machine right now.
@@ -136,7 +135,8 @@ def _follow_one(args: tuple[int, int, int, int]) -> tuple[float, list[dict]]:
     torch.set_num_threads(1)
     from implicit_geometry.experiments.depth import DepthConfig, run_depth
 
-    cfg = DepthConfig(depths=[L], seeds=1, first_seed=seed, plateau_budget=budget, max_steps=max_steps, device="cpu")
+    cfg = DepthConfig(depths=[L], seeds=1, first_seed=seed, plateau_budget=budget, max_steps=max_steps, device="cpu",
+                      root_spectrum=True)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         summary = run_depth(cfg, f"{tmp}/run", progress=False, figures=False)
@@ -193,9 +193,9 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=3000)
     ap.add_argument("--jobs", type=int, default=2, help="sweep workers (the bar: 2 cores)")
     ap.add_argument("--follow-stalled", action="store_true",
-                    help="then follow each run the stall rule stopped, alone (about an hour at the paper's setting)")
-    ap.add_argument("--follow-budget", type=int, default=16000, help="--plateau-budget of the followed runs")
-    ap.add_argument("--follow-max-steps", type=int, default=80000, help="--max-steps of the followed runs")
+                    help="then follow each run the stall rule stopped, alone, with --root-spectrum (~3 minutes at the paper's setting)")
+    ap.add_argument("--follow-budget", type=int, default=2000, help="--plateau-budget of the followed runs")
+    ap.add_argument("--follow-max-steps", type=int, default=20000, help="--max-steps of the followed runs")
     ap.add_argument("--skip", default="", help="comma-separated: codes,depth (the sweep, which the angle bar reads too)")
     a = ap.parse_args()
     if a.follow_stalled:  # the followed runs' settings, checked before the sweep rather than in a worker after it

@@ -415,7 +415,7 @@ class DepthRun:
         summary = {
             "experiment": "depth", "K": self.K, "n": c.samples_per_class, "N": self.N, "dims": c.dims, "depths": c.depths,
             "init_std": c.init_std, "seeds": self.seed_list, "optimizer": c.optimizer, "eta": c.eta,
-            "plateau": c.plateau, "code": c.code, "code_step": c.code_step,
+            "plateau": c.plateau, "slow_steps": c.slow_steps, "root_spectrum": c.root_spectrum, "code": c.code, "code_step": c.code_step,
             "reduction": "sum", "target_margin": c.target_margin, "seconds": round(self.seconds, 3),
             "table": table, "runs": [{k: v for k, v in r.items() if k not in ("gram_factor", "mean_logits")} for r in res],
         }
@@ -491,7 +491,7 @@ def _stall_text(row: dict[str, Any]) -> str:
     times = sorted(round(t) for t in row.get("predicted_escape_flow_times", []) if t is not None)
     span = "" if not times else f"{times[0]}" if times[0] == times[-1] else f"{times[0]}-{times[-1]}"
     when = f"predicted escape after a flow time of {span} from the saddle" if times else "the second mode was not growing"
-    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget (raise it to follow them)"
+    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget (raise it to follow them, with --root-spectrum)"
 
 
 def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,

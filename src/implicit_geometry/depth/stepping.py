@@ -135,9 +135,10 @@ SLOW_FAILURES, SLOW_RETRY = 3, 10
 # back onto the failing value after every success and every other step fails; the same cap on BDF2's Newton failures
 # holds dt down where an escape needs it to grow: measured, a run that escaped in 289 steps ran out of its 800)
 SLOW_CAP_SHRINK, SLOW_CAP_GROWTH = 0.75, 1.1
-# the stiff frame's eigenvalues come from the formed logit kernel M while its rounding noise, measured as
-# KERNEL_ROUNDING ||M|| sqrt(n) (the band of noise eigenvalues at L = 10: 0.2 at ||M|| = 4.9e13, ~1-1.5 at 1.9e14),
-# stays below a quarter of the cut; beyond, from the kernel's square root (curvature.stiff_kernel_spectrum)
+# the stiff frame's eigenvalues come from the formed logit kernel M while its rounding noise, bounded by
+# KERNEL_ROUNDING trace(M) sqrt(n) (the band of noise eigenvalues at L = 10: 0.2 at ||M|| = 4.9e13, ~1-1.5 at 1.9e14;
+# trace(M) is 2.2-2.6 ||M|| on the saddle), stays below a quarter of the cut; beyond, from the kernel's square root
+# (curvature.stiff_kernel_spectrum, with the root_spectrum option)
 KERNEL_ROUNDING = float(torch.finfo(torch.float64).eps)
 
 
@@ -262,11 +263,12 @@ class _StiffFrame:
         self.chain, self.like = chain, chain.factors
         ones = torch.ones(1, dtype=grad_logits.dtype, device=grad_logits.device)
         self.C, M = scaled_logit_kernel(loss, chain, ones)
-        # LAPACK's divide and conquer through SciPy: ~2x torch.linalg.eigh's time saved at this size (450, one thread)
-        lam, E = (torch.from_numpy(a).to(M.device) for a in scipy.linalg.eigh(M[0].cpu().numpy(), driver="evd", check_finite=False))
-        if root_spectrum and float(lam[-1]) * KERNEL_ROUNDING * M.shape[-1] ** 0.5 > 0.25 * cut:
+        if root_spectrum and float(M[0].diagonal().sum()) * KERNEL_ROUNDING * M.shape[-1] ** 0.5 > 0.25 * cut:
             # M's rounding noise nears the cut: its small eigenpairs are noise (docs/depth.md); take them from its root
             lam, E = stiff_kernel_spectrum(chain, self.C, cut)
+        else:
+            # LAPACK's divide and conquer through SciPy: ~2x torch.linalg.eigh's time saved at this size (450, one thread)
+            lam, E = (torch.from_numpy(a).to(M.device) for a in scipy.linalg.eigh(M[0].cpu().numpy(), driver="evd", check_finite=False))
         keep = lam > cut
         self.lam = lam[keep]
         self.Y = E[:, keep] / self.lam.sqrt()  # N(k-1) x nf: logit-space coefficients of the orthonormal basis

@@ -604,7 +604,7 @@ def test_slow_step_failures_cap_dt(monkeypatch):
     m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=3, batch=1, init_std=0.1, seeds=[0])
     limit, tried = 3.0, []
 
-    def fake_step(model, loss, dt, cut=1.0, root_spectrum=False):  # converges below `limit` (a tiny move: the move cap never binds)
+    def fake_step(model, loss, dt, cut=1.0, root_spectrum=False, info=None):  # converges below `limit` (a tiny move: the move cap never binds)
         tried.append(dt)
         return (DeepUFM([F * (1 + 1e-9) for F in model.factors]), 3) if dt <= limit else (None, 5)
 
@@ -623,6 +623,42 @@ def test_slow_step_failures_cap_dt(monkeypatch):
     assert failures(0.75) <= 7
     i = tried.index(4.0)  # the first failure (1, 2, 4): then half of it, then at most 0.75 of it, growing 1.1x
     assert tried[i + 1] == 2.0 and tried[i + 2] <= 3.0 and tried[i + 3] <= 3.0 * 1.1 + 1e-12
+
+
+def test_bdf2_failures_cap_dt_in_the_root_regime(monkeypatch):
+    """Where the last stiff frame came from the kernel's root, a BDF2 step whose Newton solve fails at dt caps dt as a
+    failed slow-manifold step does; elsewhere BDF2 keeps doubling back onto the failing dt (as before)."""
+    from implicit_geometry.depth import stepping
+
+    K = 4
+    labels = np.arange(K)
+    m = DeepUFM.random(num_classes=K, num_samples=K, dim=6, depth=3, batch=1, init_std=0.1, seeds=[0])
+    limit, tried = 3.0, []
+
+    def declining_step(model, loss, dt, cut=1.0, root_spectrum=False, info=None):  # no stable stiff equilibrium: BDF2
+        if info is not None:
+            info["root"] = root_spectrum
+        return None, 0
+
+    def fake_bdf2(model, loss, dt, center=None, **kw):  # converges below `limit`, a tiny move
+        tried.append(dt)
+        return (DeepUFM([F * (1 + 1e-9) for F in model.factors]), 3) if dt <= limit else (None, 20)
+
+    monkeypatch.setattr(stepping, "slow_manifold_step", declining_step)
+    monkeypatch.setattr(stepping, "backward_euler_step", fake_bdf2)
+    monkeypatch.setattr(stepping, "bdf2_center", lambda theta, prev, dt, prev_dt: (theta, dt))
+
+    def failures(root):
+        sim = PathSimulator(m.clone(), CrossEntropy(labels, K), root_spectrum=root)
+        sim.stiff[0], sim.dt[0] = True, 1.0
+        tried.clear()
+        for _ in range(30):
+            sim._implicit_steps(torch.tensor([0]))
+        assert bool(sim.root_regime[0]) == root
+        return sum(dt > limit for dt in tried)
+
+    assert failures(False) >= 13
+    assert failures(True) <= 7
 
 
 def test_stall_rule_late_on_judges_by_the_recent_steps():

@@ -118,7 +118,8 @@ CODE_OFF, CODE_ASCENT, CODE_SETTLE, CODE_DONE = 0, 1, 2, 3
 _RUN_STATE = ("stiff", "dt", "ref_log_loss", "plateau_steps", "newton_iterations", "dt_floor", "separated",
               "plateau_time", "ref_log_sigma2", "ref_time", "predicted_escape", "stalled",
               "code_phase", "code_steps", "settled", "best_log_gamma", "window_log_gamma", "code_converged",
-              "prev_theta", "prev_dt", "slow_skip", "slow_failures", "ref_steps", "slow_dt_cap")
+              "prev_theta", "prev_dt", "slow_skip", "slow_failures", "ref_steps", "slow_dt_cap", "root_regime",
+              "bdf2_dt_cap")
 # a plateau run is checked for a hopeless escape from STALL_AFTER implicit steps on (every 25); see _check_stall
 # (FLOW_PER_STEP: flow time an implicit step covers over a whole plateau, measured 0.44-0.62 at L = 9-10; dt is
 # far smaller in a plateau's first tens of steps, so the present dt alone would judge too early)
@@ -133,7 +134,9 @@ SLOW_FAILURES, SLOW_RETRY = 3, 10
 # after a slow-manifold step's projection fails at dt, the run's dt stays below SLOW_CAP_SHRINK * dt, a cap that grows
 # by SLOW_CAP_GROWTH with every accepted slow-manifold step (without it, measured on the L = 10 saddles, dt doubles
 # back onto the failing value after every success and every other step fails; the same cap on BDF2's Newton failures
-# holds dt down where an escape needs it to grow: measured, a run that escaped in 289 steps ran out of its 800)
+# holds dt down where an escape needs it to grow: measured, a run that escaped in 289 steps ran out of its 800). It does
+# act on BDF2 in the root regime (root_spectrum, stiffness ~1e15): at the escape's onset there, BDF2 succeeded at dt and
+# failed at 2 dt, step after step (L = 10 seed 0: 334 steps at dt ~1e-3, 20 Newton iterations per failure)
 SLOW_CAP_SHRINK, SLOW_CAP_GROWTH = 0.75, 1.1
 # the stiff frame's eigenvalues come from the formed logit kernel M while its rounding noise, bounded by
 # KERNEL_ROUNDING trace(M) sqrt(n) (the band of noise eigenvalues at L = 10: 0.2 at ||M|| = 4.9e13, ~1-1.5 at 1.9e14;
@@ -263,7 +266,8 @@ class _StiffFrame:
         self.chain, self.like = chain, chain.factors
         ones = torch.ones(1, dtype=grad_logits.dtype, device=grad_logits.device)
         self.C, M = scaled_logit_kernel(loss, chain, ones)
-        if root_spectrum and float(M[0].diagonal().sum()) * KERNEL_ROUNDING * M.shape[-1] ** 0.5 > 0.25 * cut:
+        self.from_root = root_spectrum and float(M[0].diagonal().sum()) * KERNEL_ROUNDING * M.shape[-1] ** 0.5 > 0.25 * cut
+        if self.from_root:
             # M's rounding noise nears the cut: its small eigenpairs are noise (docs/depth.md); take them from its root
             lam, E = stiff_kernel_spectrum(chain, self.C, cut)
         else:
@@ -321,8 +325,8 @@ def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFr
     return None, grad, rho, max_iter
 
 
-def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0,
-                       root_spectrum: bool = False) -> tuple[DeepUFM | None, int]:
+def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0, root_spectrum: bool = False,
+                       info: dict | None = None) -> tuple[DeepUFM | None, int]:
     """One step of gradient flow for a single run on a saddle plateau, taken on its slow manifold: Heun's method
     (second order, explicit) on the gradient with its stiff components removed, each stage brought back onto the
     manifold where the stiff components of the gradient vanish (:func:`_onto_slow_manifold`). Returns the new model
@@ -339,11 +343,14 @@ def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0,
     those with Gauss-Newton eigenvalue above ``cut`` (measured at L = 10: the gap lies between ~2 and ~0.07). The
     step declines if there are none (nothing is stiff) or their Hessian is not positive definite (no stable
     equilibrium to follow). ``root_spectrum``: once the formed logit kernel's rounding noise nears the cut, take the
-    stiff directions from its square root (:func:`~implicit_geometry.depth.curvature.stiff_kernel_spectrum`)."""
+    stiff directions from its square root (:func:`~implicit_geometry.depth.curvature.stiff_kernel_spectrum`);
+    ``info["root"]`` then tells whether it did (``info``: a dict to fill, where given)."""
     like = model.factors
     theta = flatten(like)
     chain, g, grad = _loss_gradient(theta, like, loss)
     frame = _StiffFrame(loss, chain, g, cut, root_spectrum=root_spectrum)
+    if info is not None:
+        info["root"] = frame.from_root
     if frame.size == 0 or bool(torch.linalg.cholesky_ex(frame.hessian)[1] != 0):
         return None, 0
     v1 = grad - frame.lift(frame.coords(grad))
@@ -439,6 +446,9 @@ class PathSimulator(Simulator):
         self.slow_skip = torch.zeros(B, dtype=torch.long, device=dev)
         self.slow_failures = torch.zeros(B, dtype=torch.long, device=dev)  # failed slow-manifold steps in a row
         self.slow_dt_cap = torch.full((B,), math.inf, dtype=torch.float64, device=dev)  # see SLOW_CAP_SHRINK
+        # the last stiff frame came from the kernel's root (root_spectrum); there BDF2's failures cap dt as well
+        self.root_regime = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.bdf2_dt_cap = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
         k, labels = loss.num_classes, loss.labels
         counts = torch.bincount(labels, minlength=k).to(torch.float64)
         self._class_avg = torch.zeros((labels.numel(), k), dtype=torch.float64, device=dev)
@@ -612,6 +622,7 @@ class PathSimulator(Simulator):
                 self.ref_log_sigma2 = torch.where(first, self._log_sigma2(Z), self.ref_log_sigma2)
             self.dt_floor = torch.where(enter, 1e-4 * dt_explicit, self.dt_floor)
             self.slow_dt_cap = torch.where(enter, torch.full_like(self.slow_dt_cap, math.inf), self.slow_dt_cap)
+            self.bdf2_dt_cap = torch.where(enter, torch.full_like(self.bdf2_dt_cap, math.inf), self.bdf2_dt_cap)
             self.stiff |= enter
             self.ref_log_loss = log_loss
         return self.stiff & moving
@@ -630,13 +641,18 @@ class PathSimulator(Simulator):
             theta_n = flatten(sub.factors)
             new, iterations = None, 0
             if self.slow_steps and int(self.slow_skip[b]) == 0:
-                new, iterations = slow_manifold_step(sub, self.loss, dt, root_spectrum=self.root_spectrum)
+                info: dict = {}
+                new, iterations = slow_manifold_step(sub, self.loss, dt, root_spectrum=self.root_spectrum, info=info)
+                if "root" in info and bool(info["root"]) != bool(self.root_regime[b]):
+                    self.root_regime[b] = bool(info["root"])
+                    self.bdf2_dt_cap[b] = math.inf
                 if new is None:  # not applicable (no iterations): BDF2 at once, and for SLOW_RETRY steps
                     self._slow_failed(b, give_up=iterations == 0, failed_dt=dt if iterations > 0 else None)
             elif int(self.slow_skip[b]) > 0:
                 self.slow_skip[b] -= 1
             slow = new is not None
-            if new is None and (iterations == 0 or int(self.slow_skip[b]) > 0):
+            bdf2 = new is None and (iterations == 0 or int(self.slow_skip[b]) > 0)
+            if bdf2:
                 # not applicable here (or given up on for now): a BDF2 step at the same dt
                 tried = iterations
                 if float(self.prev_dt[b]) > 0:  # BDF2 from the last accepted implicit step
@@ -649,6 +665,8 @@ class PathSimulator(Simulator):
             self.plateau_steps[b] += 1
             if new is None:
                 self.dt[b] = 0.5 * dt
+                if bdf2 and bool(self.root_regime[b]):  # a failed Newton solve caps dt there (see SLOW_CAP_SHRINK)
+                    self.bdf2_dt_cap[b] = SLOW_CAP_SHRINK * dt
                 if self.dt[b] < self.dt_floor[b]:  # Newton keeps failing: back to explicit steps
                     self.stiff[b] = False
                 continue
@@ -664,6 +682,9 @@ class PathSimulator(Simulator):
                 self.slow_failures[b] = 0
                 self.dt[b] = min(float(self.dt[b]), float(self.slow_dt_cap[b]))
                 self.slow_dt_cap[b] *= SLOW_CAP_GROWTH
+            elif bdf2 and bool(self.root_regime[b]):
+                self.dt[b] = min(float(self.dt[b]), float(self.bdf2_dt_cap[b]))
+                self.bdf2_dt_cap[b] *= SLOW_CAP_GROWTH
             self.prev_theta[b] = theta_n[0]
             self.prev_dt[b] = dt
             for F, Fs in zip(self.model.factors, new.factors):

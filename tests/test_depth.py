@@ -934,7 +934,7 @@ def test_depth_verdict_on_runs_stopped_on_the_saddle():
                "seconds": 1.0, "code": True, "target_margin": 10.0, "table": [row]}
     line = verdict(summary)[1]
     assert "NOT in the terminal phase" in line and "--max-steps" not in line
-    assert "flow time of 316 from the saddle" in line and "raise it to follow them, with --root-spectrum" in line
+    assert "flow time of 316 from the saddle" in line and "raise it to follow them" in line
     # one run stalled, the other ran out of --max-steps: both pieces of advice, the range of predictions
     line = verdict({**summary, "table": [{**row, "stalled_runs": 1, "predicted_escape_flow_times": [192.4]}]})[1]
     assert "raise --max-steps" in line and "1 stopped early" in line and "flow time of 192 from" in line

@@ -46,11 +46,11 @@ directions at equilibrium, so the step holds them there (a Broyden solve in thei
 explicit Heun step along the rest. It follows the same path (the L = 10 escapes land within ~1% of BDF2's flow
 times) at flow time ~1 per step where BDF2's Newton iteration fails beyond ~0.1-0.5, 5-30x cheaper per unit of
 flow time. Where it does not apply (nothing stiff, no stable stiff equilibrium, or its projection keeps failing,
-as when an escape gets under way or, late on the L = 10 saddle of seed 0, the stiffness reaches 1e14) the run
-takes BDF2 steps. A projection that fails at dt caps the run's dt below it for a while (``SLOW_CAP_SHRINK``).
-``slow_steps=False`` keeps BDF2 throughout. ``root_spectrum=True`` takes the stiff directions from the logit
-kernel's square root once the formed kernel's rounding noise nears the cut: late on L = 10 seed 0's saddle that noise
-is what stops the slow-manifold steps, and with it the run follows the flow to its escape (docs/depth.md, session 23).
+as when an escape gets under way) the run takes BDF2 steps. A projection that fails at dt caps the run's dt below it
+for a while (``SLOW_CAP_SHRINK``). ``slow_steps=False`` keeps BDF2 throughout. Once the formed logit kernel's rounding
+noise nears the cut (late on L = 10 seed 0's saddle, where the stiffness reaches 1e14-1e15), the stiff directions come
+from the kernel's square root: that noise had stopped the slow-manifold steps there, and with it the run follows the
+flow to its escape (docs/depth.md, session 23). ``root_spectrum=False`` keeps the formed kernel throughout.
 
 Why Newton and not Gauss-Newton: on the saddle the misclassified samples keep O(1) gradients on large factors, so
 the residual (non-Gauss-Newton) part of the Hessian is as large as the rest; the linearly implicit Euler step of
@@ -262,7 +262,7 @@ class _StiffFrame:
     (one Hessian-vector product each)."""
 
     def __init__(self, loss, chain, grad_logits: torch.Tensor, cut: float, exact_below: float = 1e3,
-                 root_spectrum: bool = False) -> None:
+                 root_spectrum: bool = True) -> None:
         self.chain, self.like = chain, chain.factors
         ones = torch.ones(1, dtype=grad_logits.dtype, device=grad_logits.device)
         self.C, M = scaled_logit_kernel(loss, chain, ones)
@@ -325,7 +325,7 @@ def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFr
     return None, grad, rho, max_iter
 
 
-def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0, root_spectrum: bool = False,
+def slow_manifold_step(model: DeepUFM, loss, dt: float, *, cut: float = 1.0, root_spectrum: bool = True,
                        info: dict | None = None) -> tuple[DeepUFM | None, int]:
     """One step of gradient flow for a single run on a saddle plateau, taken on its slow manifold: Heun's method
     (second order, explicit) on the gradient with its stiff components removed, each stage brought back onto the
@@ -408,9 +408,9 @@ class PathSimulator(Simulator):
 
     def __init__(self, model, loss, eta: float = 0.01, optimizer=None, path: bool = True, plateau: bool = True,
                  window: int = 50, flat_tol: float = 0.05, stiff_ratio: float = 0.1, exit_ratio: float = 100.0,
-                 plateau_budget: int = 800, code_step: float = 0.01, code_window: int = 500, code_tol: float = 0.01,
+                 plateau_budget: int = 1200, code_step: float = 0.01, code_window: int = 500, code_tol: float = 0.01,
                  code_margin: float = 10.0, code_max_steps: int = 20000, settle_steps: int = 1000,
-                 settle_factor: float = 0.1, slow_steps: bool = True, root_spectrum: bool = False) -> None:
+                 settle_factor: float = 0.1, slow_steps: bool = True, root_spectrum: bool = True) -> None:
         super().__init__(model, loss, optimizer)
         self.eta = float(eta)
         self.path = bool(path)

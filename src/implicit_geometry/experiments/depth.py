@@ -63,9 +63,9 @@ class DepthConfig(ExperimentConfig):
     optimizer: str = "path"
     eta: float = 0.01
     plateau: bool = True
-    plateau_budget: int = 800
+    plateau_budget: int = 1200
     slow_steps: bool = True
-    root_spectrum: bool = False
+    root_spectrum: bool = True
     lr: float = 1.0
     max_steps: int = 3000
     target_margin: float = 10.0
@@ -491,7 +491,7 @@ def _stall_text(row: dict[str, Any]) -> str:
     times = sorted(round(t) for t in row.get("predicted_escape_flow_times", []) if t is not None)
     span = "" if not times else f"{times[0]}" if times[0] == times[-1] else f"{times[0]}-{times[-1]}"
     when = f"predicted escape after a flow time of {span} from the saddle" if times else "the second mode was not growing"
-    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget (raise it to follow them, with --root-spectrum)"
+    return f"; {row['stalled_runs']} stopped early: {when}, far beyond --plateau-budget (raise it to follow them)"
 
 
 def run_depth(config: DepthConfig | None = None, out: Path | str | None = None, *, resume: Path | str | None = None,

@@ -17,14 +17,14 @@ from implicit_geometry.experiments.cli_common import common_run_options, emit_su
 @click.option("--eta", type=float, default=0.01, show_default=True, help="path: relative step length (halving it must not change results).")
 @click.option("--plateau/--no-plateau", default=True, show_default=True,
               help="path: implicit steps on saddle plateaus (--no-plateau: explicit steps throughout).")
-@click.option("--plateau-budget", type=int, default=800, show_default=True,
+@click.option("--plateau-budget", type=int, default=1200, show_default=True,
               help="path: at most this many implicit plateau steps per run (each costs tens to hundreds of explicit steps).")
 @click.option("--slow-steps/--no-slow-steps", default=True, show_default=True,
               help="path: plateau steps on the slow manifold (stiff directions held at equilibrium) where they apply, "
                    "BDF2 elsewhere (--no-slow-steps: BDF2 throughout).")
-@click.option("--root-spectrum/--no-root-spectrum", default=False, show_default=True,
+@click.option("--root-spectrum/--no-root-spectrum", default=True, show_default=True,
               help="path: late on deep saddles take the stiff directions from the logit kernel's square root, where the formed "
-                   "kernel's rounding hides them (lets L = 10 seed 0 reach its escape with --plateau-budget 1200; ~40 ms per such step).")
+                   "kernel's rounding hides them (--no-root-spectrum: always the formed kernel; L = 10 seed 0 then stalls).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="ngd/gd step (not used by path).")
 @click.option("--max-steps", type=int, default=3000, show_default=True, help="Cap per run; runs not terminal by then are flagged.")
 @click.option("--target-margin", type=float, default=10.0, show_default=True, help="Terminal phase: smallest margin at least this.")

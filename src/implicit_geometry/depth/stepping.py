@@ -59,11 +59,11 @@ iterations on the proximal problem accept 1/16-1/64 of their steps; Newton conve
 
 Measured (paper setting, 5 seeds): every run at L = 1..9 reaches the terminal phase (L = 8, 9: about 130-200
 implicit steps per run); at L = 10 the escape needs a flow time of ~100-500 units with sigma_1 growing past
-1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-321 steps for seeds 1-4 with slow-manifold steps, while
-seed 0's steps collapse at flow time ~150 of its ~320. So a plateau run predicts its escape from the growth of the
-second singular value of its class-mean logits (a blow-up ``d sigma_2/dt = c sigma_2^p``, p = 2L/(L+1)) and stops
-early, flagged as ``stalled`` with the prediction, when the escape lies far beyond what its remaining budget buys
-(:meth:`PathSimulator._check_stall`).
+1e8 (docs/depth.md, ``benchmarks/saddle_escape.py``): 155-321 steps for seeds 1-4 with slow-manifold steps, 1,010
+for seed 0, whose stiffness reaches 1e15 (root spectrum, session 23). A plateau run predicts its escape from the
+growth of the second singular value of its class-mean logits (a blow-up ``d sigma_2/dt = c sigma_2^p``,
+p = 2L/(L+1)) and stops early, flagged as ``stalled`` with the prediction, when the escape lies far beyond what its
+remaining budget buys (:meth:`PathSimulator._check_stall`).
 
 Heavy-ball and Nesterov steps in place of the implicit ones were tried and rejected: with a restart on loss
 increase they follow gradient flow but are ~10x slower than the implicit steps at L = 6 and do not escape at

@@ -96,6 +96,7 @@ import math
 import scipy.linalg
 import torch
 
+from implicit_geometry._matmul import matmul
 from implicit_geometry.depth.curvature import (
     GaussNewtonSystem,
     Params,
@@ -289,14 +290,14 @@ class _StiffFrame:
     def coords(self, v: torch.Tensor) -> torch.Tensor:
         """Components of a flattened parameter vector (1 x P) along the stiff directions (nf,)."""
         Jv = self.chain.push(unflatten(v, self.like))
-        y = (self.C.transpose(-1, -2) @ Jv.transpose(1, 2)[..., None]).reshape(-1)
+        y = matmul(self.C.transpose(-1, -2), Jv.transpose(1, 2)[..., None]).reshape(-1)
         return self.Y.T @ y
 
     def lift(self, c: torch.Tensor) -> torch.Tensor:
         """The parameter vector (1 x P) with stiff components c and no others."""
         N = self.chain.logits.shape[-1]
         y = (self.Y @ c).reshape(1, N, -1, 1)
-        return flatten(self.chain.pullback((self.C @ y).squeeze(-1).transpose(1, 2)))
+        return flatten(self.chain.pullback(matmul(self.C, y).squeeze(-1).transpose(1, 2)))
 
 
 def _onto_slow_manifold(theta: torch.Tensor, like: Params, loss, frame: _StiffFrame, max_iter: int = 30,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from implicit_geometry._matmul import baddbmm, matmul
 from implicit_geometry._validation import InvalidParameterError, check_float, check_int
 
 # bytes of working memory per float64 parameter entry while training: the factors, their gradients, the optimizer's
@@ -101,7 +102,7 @@ class DeepUFM:
         """End-to-end classifier ``W = W_L ... W_1`` (B x k x d), so that ``Z = W @ H``."""
         W = self.factors[-1]
         for F in reversed(self.factors[1:-1]):
-            W = W @ F
+            W = matmul(W, F)
         return W
 
     def chain(self) -> Chain:
@@ -111,7 +112,7 @@ class DeepUFM:
 
     def logits(self) -> torch.Tensor:
         """``Z = W_L ... W_1 H`` (B x k x N), bit for bit ``self.chain().logits``."""
-        return self.classifier() @ self.factors[0]
+        return matmul(self.classifier(), self.factors[0])
 
     def squared_norm(self) -> torch.Tensor:
         """Per-run ``sum_l ||factor_l||_F^2`` (B,)."""
@@ -162,10 +163,10 @@ class Chain:
         A = factors[L]
         left = [A]  # A_{L-1}, then A_{L-2}, ..., A_0
         for F in reversed(factors[1:-1]):
-            A = A @ F
+            A = matmul(A, F)
             left.append(A)
         self.left: list[torch.Tensor] = left[::-1]  # left[l] = A_l for l < L
-        self.logits: torch.Tensor = A @ factors[0]
+        self.logits: torch.Tensor = matmul(A, factors[0])
         self._right: list[torch.Tensor] | None = None
 
     @property
@@ -177,7 +178,7 @@ class Chain:
         if self._right is None:
             P = [self.factors[0]]
             for F in self.factors[1:-1]:
-                P.append(F @ P[-1])
+                P.append(matmul(F, P[-1]))
             self._right = P
         return self._right
 
@@ -185,11 +186,11 @@ class Chain:
         """Gradients of ``<G, Z>`` with respect to every factor: ``A_l^T G P_{l-1}^T``, with ``G P_{l-1}^T`` carried up
         as the d x k products ``R_l = F_l R_{l-1}``, ``R_0 = H G^T``."""
         L, F = self.depth, self.factors
-        grads: list[torch.Tensor] = [self.left[0].transpose(1, 2) @ G]
-        R = F[0] @ G.transpose(1, 2)
+        grads: list[torch.Tensor] = [matmul(self.left[0].transpose(1, 2), G)]
+        R = matmul(F[0], G.transpose(1, 2))
         for l in range(1, L):
-            grads.append(self.left[l].transpose(1, 2) @ R.transpose(1, 2))
-            R = F[l] @ R
+            grads.append(matmul(self.left[l].transpose(1, 2), R.transpose(1, 2)))
+            R = matmul(F[l], R)
         grads.append(R.transpose(1, 2))
         return grads
 
@@ -205,7 +206,7 @@ class Chain:
         Y = v[-1]
         partials = [Y]
         for l in range(self.depth - 1, 0, -1):
-            Y = torch.baddbmm(self.left[l] @ v[l], Y, F[l])
+            Y = baddbmm(matmul(self.left[l], v[l]), Y, F[l])
             partials.append(Y)
-        return torch.baddbmm(self.left[0] @ v[0], Y, F[0]), partials[::-1]
+        return baddbmm(matmul(self.left[0], v[0]), Y, F[0]), partials[::-1]
 

@@ -60,12 +60,21 @@ def point_status(folder: Path) -> str:
     return "pending"
 
 
+def _set_threads(threads: int) -> None:
+    """One thread per point (points run side by side, and results do not depend on a thread count): torch's and
+    NumPy's BLAS (the deep UFM's products go through it on CPU, ``implicit_geometry._matmul``), which would otherwise
+    start a thread per core in every worker."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
+
+
 def run_points(experiment: str, items: list[tuple[dict[str, Any], str, bool]], threads: int = 1, figures: bool = False) -> list[dict[str, Any]]:
     """Run one batch of points ``(config, folder, write)`` (in a worker): one simulation where the experiment
     allows it; never raises for failing points. Points with ``write=False`` are simulated (to keep the batch's
     composition) but not written: their result is ``{"status": "skipped"}``."""
-    import torch
-
     from implicit_geometry.sweep.contract import load_sweepable
 
     def one_by_one() -> list[dict[str, Any]]:
@@ -75,7 +84,7 @@ def run_points(experiment: str, items: list[tuple[dict[str, Any], str, bool]], t
     resumable = any(write and point_status(Path(folder)) == "partial" for _, folder, write in items)
     if sweep.run_batch is None or len(items) == 1 or resumable:  # a checkpointed point resumes on its own
         return one_by_one()
-    torch.set_num_threads(threads)
+    _set_threads(threads)
     t0 = time.perf_counter()
     try:
         configs = [sweep.config.from_dict(config) for config, _, _ in items]
@@ -125,13 +134,10 @@ def run_point(experiment: str, config: dict[str, Any], folder: str, threads: int
 
     A checkpointed folder is resumed; anything else unfinished is cleared and rerun from scratch.
     """
-    import torch
-
     from implicit_geometry.experiments.base import Interrupted
     from implicit_geometry.sweep.contract import load_sweepable
 
-    # One thread per point: points run side by side, and results do not depend on a thread count.
-    torch.set_num_threads(threads)
+    _set_threads(threads)
     path = Path(folder)
     t0 = time.perf_counter()
     try:

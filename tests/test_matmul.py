@@ -30,14 +30,14 @@ def _operands(dtype: torch.dtype):
     def r(*shape):
         return torch.randn(*shape, generator=g, dtype=dtype)
 
-    C, C_many = r(3, 40, 10, 9), r(3, 400, 10, 9)
+    C, C_tall = r(3, 4, 100, 90), r(3, 4, 400, 90)
     return [
         (r(3, 100, 100), r(3, 100, 10)),
         (r(3, 100, 10).transpose(1, 2), r(3, 100, 100)),  # A^T G: a transposed view
         (r(3, 100, 100), r(3, 10, 100).transpose(1, 2)),
-        (C_many.transpose(-1, -2), r(3, 10, 400).transpose(1, 2)[..., None]),  # per-sample C_i^T (J v)_i
-        (C.transpose(-1, -2), r(3, 10, 60)[:, None]),  # broadcast over samples (4-D)
-        (r(3, 40, 40, 9, 10), C[:, None]),  # 5-D against a broadcast 4-D
+        (C_tall.transpose(-1, -2), r(3, 400, 4).transpose(1, 2)[..., None]),  # matrix times vector, per sample
+        (C.transpose(-1, -2), r(3, 100, 60)[:, None]),  # broadcast over samples (4-D)
+        (r(3, 2, 4, 90, 100), C[:, None]),  # 5-D against a broadcast 4-D
         (torch.eye(100, dtype=dtype).expand(3, 100, 100), r(3, 100, 10)),  # zero strides
         (r(100, 100), r(100, 50)),
         (r(3, 100, 100), r(100, 10)),  # batch against 2-D
@@ -47,7 +47,8 @@ def _operands(dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_routed_products_agree_with_torch(dtype):
     for a, b in _operands(dtype):
-        assert a.numel() * b.shape[-1] >= MIN_ROUTED_MACS  # these take NumPy's route
+        per_run = a.numel() // a.shape[0] if a.dim() > 2 else a.numel()
+        assert per_run * b.shape[-1] >= MIN_ROUTED_MACS  # these take NumPy's route
         assert _close(matmul(a, b), a @ b, dtype)
         c = torch.randn((a @ b).shape[-2:], dtype=dtype)  # broadcast over the batch
         assert _close(baddbmm(c, a, b), c + a @ b, dtype)
@@ -81,9 +82,23 @@ def test_torch_products_nests_and_restores():
 
 
 def test_small_products_keep_torchs_route_bit_for_bit():
-    a, b = torch.randn(1, 10, 20, dtype=torch.float64), torch.randn(1, 20, 100, dtype=torch.float64)
-    assert a.numel() * b.shape[-1] < MIN_ROUTED_MACS
+    a, b = torch.randn(64, 10, 20, dtype=torch.float64), torch.randn(64, 20, 100, dtype=torch.float64)
+    assert 10 * 20 * 100 < MIN_ROUTED_MACS <= a.numel() * 100  # small for each run, however many runs
     assert torch.equal(matmul(a, b), a @ b)
+    x, y = torch.randn(3, 10, 40, dtype=torch.float64)[..., :20], torch.randn(3, 100, 20, dtype=torch.float64).transpose(1, 2)
+    assert torch.equal(matmul(x, y), x @ y)  # views too
+
+
+@pytest.mark.parametrize("shape", [(10, 20, 100), (100, 100, 10), (10, 100, 50), (40, 9, 10, 9), (50, 50, 9, 10, 9)])
+def test_a_runs_bits_do_not_depend_on_its_batch(shape):
+    """Sweeps batch runs, and a run's numbers must not depend on what else is in its batch: each run of a stack gives
+    the bits it gives alone, on either side of the size rule (which looks at one run, not the batch), also where a
+    run is itself a stack of tiny matrices (the logit kernel's blocks: NumPy's route)."""
+    *outer, m, k, n = shape
+    a, b = torch.randn(7, *outer, m, k, dtype=torch.float64), torch.randn(7, *outer, k, n, dtype=torch.float64)
+    stacked = matmul(a, b)
+    for i in range(7):
+        assert torch.equal(stacked[i : i + 1], matmul(a[i : i + 1], b[i : i + 1]))
 
 
 def test_autograd_and_torch_func_take_torchs_route():

@@ -35,9 +35,10 @@ import torch
 
 _ROUTED = (torch.float64, torch.float32)
 _NUMPY = True  # False inside torch_products()
-# multiply-adds (a's elements times b's columns) below which torch's product is kept: there the call itself
-# dominates, ~1-2 us more through NumPy (a 10 x 20 by 20 x 100 product: 3.4 us in torch, 5.9 us routed); from
-# ~10^5 on NumPy's is 1.3-3.6x faster (benchmarks/bench_matmul.py)
+# multiply-adds of one run's product (a's elements but its leading, run dimension, times b's columns) below which
+# torch's product is kept: there the call itself dominates, ~1-2 us more through NumPy (a 10 x 20 by 20 x 100
+# product: 3.4 us in torch, 5.9 us routed). From ~10^5 on NumPy's is 1.3-3.6x faster, and on stacks of many tiny
+# matrices (the logit kernel's 50 x 50 blocks of 9 x 10 by 10 x 9) 2.6x (benchmarks/bench_matmul.py)
 MIN_ROUTED_MACS = 1 << 15
 
 
@@ -60,8 +61,12 @@ def _numpy_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` (with ``torch.matmul``'s broadcasting), through NumPy's BLAS where that applies (module docstring)."""
     # one inline test: this runs ~10^6 times a sweep, each product ~5-20 us
-    # (is_cpu, not device.type: 50 ns against 300; the size early, so that small products lose little)
-    if (_NUMPY and a.is_cpu and b.is_cpu and a.dim() >= 2 and b.dim() >= 2 and a.numel() * b.shape[-1] >= MIN_ROUTED_MACS
+    # (is_cpu, not device.type: 50 ns against 300; the size early, so that small products lose little). The size is
+    # one run's (the leading dimension of a batched operand counts runs), never the batch's: a run's product takes the
+    # same route, and gives the same bits, whatever else is in its batch (both libraries multiply a stack matrix by
+    # matrix, each matrix as it would alone)
+    if (_NUMPY and a.is_cpu and b.is_cpu and (dim := a.dim()) >= 2 and b.dim() >= 2
+            and (a.numel() // max(a.shape[0], 1) if dim > 2 else a.numel()) * b.shape[-1] >= MIN_ROUTED_MACS
             and a.dtype in _ROUTED and b.dtype == a.dtype and not (a.requires_grad or b.requires_grad)):
         try:
             return _numpy_product(a, b)

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,13 @@ def main() -> None:
         v = [torch.randn(F.shape, generator=g, dtype=F.dtype) for F in model.factors]
         dt = torch.full((batch,), 0.5, dtype=torch.float64)
         ratios.append(compare(f"B={batch}: chain (left products, logits)", model.chain, a.rounds))
-        ratios.append(compare(f"B={batch}: pull-back (gradients)", lambda: chain.pullback(G), a.rounds))
-        ratios.append(compare(f"B={batch}: Hessian-vector product", lambda: hessian_vector_product(chain, G, C, v), a.rounds))
-        ratios.append(compare(f"B={batch}: scaled logit kernel", lambda: scaled_logit_kernel(loss, chain, dt), a.rounds))
+        kernels = {
+            "pull-back (gradients)": partial(chain.pullback, G),
+            "Hessian-vector product": partial(hessian_vector_product, chain, G, C, v),
+            "scaled logit kernel": partial(scaled_logit_kernel, loss, chain, dt),
+        }
+        for name, kernel in kernels.items():
+            ratios.append(compare(f"B={batch}: {name}", kernel, a.rounds))
     # a whole run of the depth experiment (explicit steps, plateau steps, code phase): seed 1 at --cell-depth
     with tempfile.TemporaryDirectory() as tmp:
         outcome: dict[str, tuple[int, float]] = {}

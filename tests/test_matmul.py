@@ -132,9 +132,10 @@ def test_overflow_gives_inf_without_a_warning():
 def test_depth_chain_and_curvature_agree_between_the_routes():
     """Gradients, Hessian-vector products and the scaled logit kernel of a depth-6 chain at d = 100: the same to
     rounding whichever library multiplies."""
+    import numpy as np
+
     from implicit_geometry.depth.curvature import hessian_vector_product, scaled_logit_kernel, softmax_root
     from implicit_geometry.train.losses import CrossEntropy
-    import numpy as np
 
     labels = np.repeat(np.arange(10), 5)
     loss = CrossEntropy(labels, 10)

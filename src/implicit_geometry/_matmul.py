@@ -3,13 +3,15 @@
 torch's CPU wheel multiplies through oneMKL. On the AMD EPYC machines this toolkit is developed and benchmarked on,
 MKL runs the skinny double-precision products of a deep UFM (d x d by d x k, d = 100, k = 10) at ~12 GFLOP/s: 17 us
 where NumPy's OpenBLAS takes 5 us, and the pull-back of a depth-10 chain takes 1.5-2x as long
-(``benchmarks/bench_matmul.py`` measures both routes in the same run). The implicit plateau steps of ``igeom run depth`` are
-made of such products, one run at a time, so the depth sweep takes ~20% longer through MKL.
+(``benchmarks/bench_matmul.py`` measures both routes in the same run). The implicit plateau steps of ``igeom run
+depth`` are made of such products, one run at a time, so the depth sweep takes ~20% longer through MKL.
 
 :func:`matmul` and :func:`baddbmm` take NumPy's route for CPU tensors of one floating dtype that need no gradient,
-sharing memory both ways (no copies), and torch's everywhere else (CUDA, autograd, mixed dtypes). Where they apply,
-results agree with torch's to rounding (the two libraries order their sums differently), and each library is
-deterministic on its own.
+sharing memory both ways (no copies), where one run's product (the leading dimension of a batched operand counts
+runs) has at least :data:`MIN_ROUTED_MACS` multiply-adds; torch's everywhere else (small products, CUDA, autograd,
+torch.func, other or mixed dtypes). Where they apply, results agree with torch's to rounding (the two libraries order
+their sums differently), each library is deterministic on its own, and a run's route, so its bits, does not depend
+on what else is in its batch.
 
 >>> import torch
 >>> a, b = torch.randn(3, 100, 100, dtype=torch.float64), torch.randn(3, 100, 10, dtype=torch.float64)

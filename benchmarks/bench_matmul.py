@@ -5,15 +5,16 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_matmul.py [--depth 10] 
 The depth sweep's plateau steps are made of skinny float64 products of d x d factors with d x k ones (d = 100,
 k = 10, N = 50 samples at the paper's setting). ``implicit_geometry._matmul`` routes them through NumPy; inside
 ``torch_products()`` they go through torch. For each kernel of a plateau step (the chain's left products, the
-pull-back, the Hessian-vector product, the scaled logit kernel) and for a whole run of ``igeom run depth`` (one seed at
-``--cell-depth``, through its saddle plateau), the two routes
-are timed alternately, ``--rounds`` times, and the median of the per-round ratios torch/NumPy is printed (above 1:
-NumPy's route is faster). Single-threaded, like the sweep's workers.
+pull-back, the Hessian-vector product, the scaled logit kernel) and for a whole run of ``igeom run depth`` (one seed
+at ``--cell-depth``, through its saddle plateau), the two routes are timed alternately, ``--rounds`` times, and the
+median of the per-round ratios torch/NumPy is printed (above 1: NumPy's route is faster). Single-threaded, like the
+sweep's workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from implicit_geometry import _matmul
 from implicit_geometry._matmul import torch_products
 from implicit_geometry.depth.curvature import hessian_vector_product, scaled_logit_kernel, softmax_root
 from implicit_geometry.experiments.depth import DepthConfig, run_depth
@@ -32,7 +34,7 @@ from implicit_geometry.train.losses import CrossEntropy
 
 
 def seconds_per_call(fn: Callable[[], object], min_time: float = 0.2) -> float:
-    n, t = 1, 0.0
+    n = 1
     while True:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -92,26 +94,17 @@ def main() -> None:
     # a whole run of the depth experiment (explicit steps, plateau steps, code phase): seed 1 at --cell-depth
     with tempfile.TemporaryDirectory() as tmp:
         outcome: dict[str, tuple[int, float]] = {}
-        calls = []
+        folders = (Path(tmp) / f"run{i}" for i in itertools.count())
+        config = DepthConfig(depths=[a.cell_depth], seeds=1, first_seed=1, dims=[a.dim], max_steps=20000)
 
         def cell() -> None:
-            route = "torch" if torch_products_active() else "numpy"
-            calls.append(route)
-            config = DepthConfig(depths=[a.cell_depth], seeds=1, first_seed=1, dims=[a.dim], max_steps=20000)
-            summary = run_depth(config, Path(tmp) / f"{route}{len(calls)}", progress=False, figures=False)
-            row = summary["runs"][0]
-            outcome[route] = (row["plateau_steps"], row["effective_rank"])
+            row = run_depth(config, next(folders), progress=False, figures=False)["runs"][0]
+            outcome["numpy" if _matmul._NUMPY else "torch"] = (row["plateau_steps"], row["effective_rank"])
 
         ratios.append(compare(f"B=1: igeom run depth, L = {a.cell_depth}, seed 1", cell, a.rounds, min_time=0.0))
     print("  plateau steps and effective rank, per route: "
           + ", ".join(f"{route} {steps} / {rank:.3f}" for route, (steps, rank) in sorted(outcome.items())))
     print(f"median ratio over the kernels and the run: {statistics.median(ratios):.2f}x")
-
-
-def torch_products_active() -> bool:
-    from implicit_geometry import _matmul
-
-    return not _matmul._NUMPY
 
 
 if __name__ == "__main__":
